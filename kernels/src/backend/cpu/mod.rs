@@ -1,0 +1,360 @@
+//! The CPU backend: the reference implementation of [`Backend`], multi-threaded on a rayon pool
+//! and vectorised through [`linalg`].
+//!
+//! Weights stay in their storage dtype (f32, f16 or bf16) and are widened to `f32` inside the
+//! kernels, so decode reads as few bytes as the checkpoint has. Activations and the KV store are
+//! `f32`. Every reduction has one fixed order per output element, whatever the batch holds, so a
+//! sequence's results do not depend on what it is batched with.
+
+pub mod linalg;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::{AttentionBatch, Backend, HostMatrix, QkvLayout};
+use crate::dtype::DType;
+use linalg::WeightRef;
+
+/// Below this many multiply-adds an op runs inline: a rayon dispatch costs more.
+const PARALLEL_THRESHOLD: usize = 1 << 15;
+
+/// The CPU backend.
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl CpuBackend {
+    /// A backend on `threads` worker threads (0 = one per available core).
+    pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("helixflow-cpu-{i}"))
+            .build()?;
+        Ok(CpuBackend { pool, threads })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The worker pool (benchmarks measure memory bandwidth on it).
+    pub fn pool(&self) -> &rayon::ThreadPool {
+        &self.pool
+    }
+}
+
+/// Weight storage of a [`CpuMatrix`].
+pub enum CpuWeights {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// A weight matrix `[rows, cols]` in host memory.
+pub struct CpuMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub weights: CpuWeights,
+}
+
+impl CpuMatrix {
+    fn weight_ref(&self) -> WeightRef<'_> {
+        match &self.weights {
+            CpuWeights::F32(w) => WeightRef::F32(w),
+            CpuWeights::F16(w) => WeightRef::F16(w),
+            CpuWeights::BF16(w) => WeightRef::BF16(w),
+        }
+    }
+
+    /// Bytes of weight data.
+    pub fn bytes(&self) -> usize {
+        match &self.weights {
+            CpuWeights::F32(w) => w.len() * 4,
+            CpuWeights::F16(w) => w.len() * 2,
+            CpuWeights::BF16(w) => w.len() * 2,
+        }
+    }
+
+    fn row_into(&self, row: usize, out: &mut [f32]) {
+        let range = row * self.cols..(row + 1) * self.cols;
+        match &self.weights {
+            CpuWeights::F32(w) => out.copy_from_slice(&w[range]),
+            CpuWeights::F16(w) => out
+                .iter_mut()
+                .zip(&w[range])
+                .for_each(|(o, v)| *o = v.to_f32()),
+            CpuWeights::BF16(w) => out
+                .iter_mut()
+                .zip(&w[range])
+                .for_each(|(o, v)| *o = v.to_f32()),
+        }
+    }
+}
+
+/// One layer's K and V: `[slot, kv_width]` each, `slot = block * block_size + offset`.
+pub struct CpuKvStore {
+    kv_width: usize,
+    block_size: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn resize(buf: &mut Vec<f32>, len: usize) {
+    // Every op overwrites all of `out`, so stale values never leak through.
+    buf.resize(len, 0.0);
+}
+
+fn le_elements<T>(parts: &[&[u8]], convert: impl Fn([u8; 2]) -> T) -> Vec<T> {
+    parts
+        .iter()
+        .flat_map(|p| p.chunks_exact(2).map(|c| convert([c[0], c[1]])))
+        .collect()
+}
+
+impl Backend for CpuBackend {
+    type Matrix = CpuMatrix;
+    type Buffer = Vec<f32>;
+    type KvStore = CpuKvStore;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+
+    fn matrix(&self, host: HostMatrix<'_>) -> CpuMatrix {
+        let weights = match host.dtype {
+            DType::F32 => CpuWeights::F32(
+                host.parts
+                    .iter()
+                    .flat_map(|p| {
+                        p.chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    })
+                    .collect(),
+            ),
+            DType::F16 => CpuWeights::F16(le_elements(host.parts, f16::from_le_bytes)),
+            DType::BF16 => CpuWeights::BF16(le_elements(host.parts, bf16::from_le_bytes)),
+        };
+        CpuMatrix {
+            rows: host.rows,
+            cols: host.cols,
+            weights,
+        }
+    }
+
+    fn vector(&self, data: &[f32]) -> Vec<f32> {
+        data.to_vec()
+    }
+
+    fn read(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
+        dst.clear();
+        dst.extend_from_slice(src);
+    }
+
+    fn kv_store(&self, num_blocks: usize, block_size: usize, kv_width: usize) -> CpuKvStore {
+        let len = num_blocks * block_size * kv_width;
+        CpuKvStore {
+            kv_width,
+            block_size,
+            k: vec![0.0; len],
+            v: vec![0.0; len],
+        }
+    }
+
+    fn embed(&self, table: &CpuMatrix, tokens: &[u32], out: &mut Vec<f32>) {
+        let width = table.cols;
+        resize(out, tokens.len() * width);
+        for (row, &token) in out.chunks_exact_mut(width).zip(tokens) {
+            // Token ids are checked against the vocabulary when a sequence is added.
+            table.row_into(token as usize, row);
+        }
+    }
+
+    fn rms_norm(&self, x: &Vec<f32>, weight: &Vec<f32>, eps: f32, out: &mut Vec<f32>) {
+        let width = weight.len();
+        resize(out, x.len());
+        let norm_row = |(o, x): (&mut [f32], &[f32])| {
+            let mean_square = x.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let inv = 1.0 / (mean_square + eps).sqrt();
+            for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
+                *o = w * (x * inv);
+            }
+        };
+        if x.len() < PARALLEL_THRESHOLD {
+            out.chunks_exact_mut(width)
+                .zip(x.chunks_exact(width))
+                .for_each(norm_row);
+        } else {
+            self.pool.install(|| {
+                out.par_chunks_exact_mut(width)
+                    .zip(x.par_chunks_exact(width))
+                    .for_each(norm_row)
+            });
+        }
+    }
+
+    fn matmul(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &CpuMatrix,
+        bias: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) {
+        assert_eq!(x.len(), rows * w.cols, "matmul: input is not [rows, cols]");
+        resize(out, rows * w.rows);
+        linalg::matmul_t(
+            &self.pool,
+            x,
+            rows,
+            w.cols,
+            w.weight_ref(),
+            w.rows,
+            bias.map(Vec::as_slice),
+            out,
+        );
+    }
+
+    fn rope(&self, qkv: &mut Vec<f32>, layout: QkvLayout, cos: &Vec<f32>, sin: &Vec<f32>) {
+        let half = layout.head_dim / 2;
+        let rotated_heads = layout.num_heads + layout.num_kv_heads;
+        let rotate_row = |(row, (cos, sin)): (&mut [f32], (&[f32], &[f32]))| {
+            for head in row[..rotated_heads * layout.head_dim].chunks_exact_mut(layout.head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x1, x2) = (a[i], b[i]);
+                    a[i] = x1 * cos[i] - x2 * sin[i];
+                    b[i] = x2 * cos[i] + x1 * sin[i];
+                }
+            }
+        };
+        qkv.chunks_exact_mut(layout.width())
+            .zip(cos.chunks_exact(half).zip(sin.chunks_exact(half)))
+            .for_each(rotate_row);
+    }
+
+    fn write_kv(&self, store: &mut CpuKvStore, qkv: &Vec<f32>, layout: QkvLayout, slots: &[u32]) {
+        let kw = layout.kv_width();
+        let k_start = layout.q_width();
+        for (row, &slot) in qkv.chunks_exact(layout.width()).zip(slots) {
+            let dst = slot as usize * store.kv_width..(slot as usize + 1) * store.kv_width;
+            store.k[dst.clone()].copy_from_slice(&row[k_start..k_start + kw]);
+            store.v[dst].copy_from_slice(&row[k_start + kw..k_start + 2 * kw]);
+        }
+    }
+
+    fn attention(
+        &self,
+        qkv: &Vec<f32>,
+        store: &CpuKvStore,
+        batch: &AttentionBatch<'_>,
+        out: &mut Vec<f32>,
+    ) {
+        let layout = batch.layout;
+        let hd = layout.head_dim;
+        let group = layout.num_heads / layout.num_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let total_rows: usize = batch.seqs.iter().map(|s| s.rows.len()).sum();
+        resize(out, total_rows * layout.q_width());
+
+        // (sequence, position) of every row.
+        let mut row_info = vec![(0usize, 0usize); total_rows];
+        for (s, seq) in batch.seqs.iter().enumerate() {
+            for (i, r) in seq.rows.clone().enumerate() {
+                row_info[r] = (s, seq.first_position + i);
+            }
+        }
+
+        let head = |scores: &mut Vec<f32>, (index, out): (usize, &mut [f32])| {
+            let (row, h) = (index / layout.num_heads, index % layout.num_heads);
+            let (s, pos) = row_info[row];
+            let table = batch.seqs[s].block_table;
+            let first = batch
+                .sliding_window
+                .map_or(0, |w| (pos + 1).saturating_sub(w));
+            let q = &qkv[row * layout.width() + h * hd..][..hd];
+            let kv_offset = (h / group) * hd;
+            let slot = |p: usize| {
+                table[p / batch.block_size] as usize * batch.block_size + p % batch.block_size
+            };
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for p in first..=pos {
+                let k = &store.k[slot(p) * store.kv_width + kv_offset..][..hd];
+                let score = linalg::dot(q, k) * scale;
+                max = max.max(score);
+                scores.push(score);
+            }
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            out.fill(0.0);
+            for (p, s) in (first..=pos).zip(scores.iter()) {
+                let v = &store.v[slot(p) * store.kv_width + kv_offset..][..hd];
+                linalg::axpy(s / sum, v, out);
+            }
+        };
+        let work: usize =
+            row_info.iter().map(|&(_, p)| p + 1).sum::<usize>() * layout.num_heads * hd;
+        if work < PARALLEL_THRESHOLD {
+            let mut scores = Vec::new();
+            out.chunks_exact_mut(hd)
+                .enumerate()
+                .for_each(|item| head(&mut scores, item));
+        } else {
+            self.pool.install(|| {
+                out.par_chunks_exact_mut(hd)
+                    .enumerate()
+                    .for_each_init(Vec::new, head)
+            });
+        }
+    }
+
+    fn silu_mul(&self, gate_up: &Vec<f32>, width: usize, out: &mut Vec<f32>) {
+        let rows = gate_up.len() / (2 * width);
+        resize(out, rows * width);
+        let row = |(o, gu): (&mut [f32], &[f32])| {
+            let (gate, up) = gu.split_at(width);
+            for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        };
+        if gate_up.len() < PARALLEL_THRESHOLD {
+            out.chunks_exact_mut(width)
+                .zip(gate_up.chunks_exact(2 * width))
+                .for_each(row);
+        } else {
+            self.pool.install(|| {
+                out.par_chunks_exact_mut(width)
+                    .zip(gate_up.par_chunks_exact(2 * width))
+                    .for_each(row)
+            });
+        }
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
+        x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+    }
+
+    fn gather_rows(&self, x: &Vec<f32>, width: usize, rows: &[usize], out: &mut Vec<f32>) {
+        out.clear();
+        for &r in rows {
+            out.extend_from_slice(&x[r * width..(r + 1) * width]);
+        }
+    }
+
+    fn copy_block(&self, store: &mut CpuKvStore, src: u32, dst: u32) {
+        let len = store.block_size * store.kv_width;
+        let (src, dst) = (src as usize * len, dst as usize * len);
+        store.k.copy_within(src..src + len, dst);
+        store.v.copy_within(src..src + len, dst);
+    }
+}

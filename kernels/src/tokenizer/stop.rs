@@ -1,0 +1,156 @@
+//! Stop strings over a stream of text deltas.
+//!
+//! [`StopMatcher`] owns the held-back tail: text that could still turn out to be the start of a
+//! stop string is not released until it cannot. It works on decoded text, not ids, so a stop
+//! string split across tokens (or across deltas of any size) is found. It does not know about
+//! EOS ids or length limits; the caller calls [`StopMatcher::finish`] when those end a sequence.
+
+/// What one delta releases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StopOutput {
+    /// Text safe to send to the client now.
+    pub text: String,
+    /// A stop string completed: `text` is everything before it, and nothing more will come.
+    pub stopped: bool,
+}
+
+/// Matches stop strings across deltas. One per sequence.
+#[derive(Clone, Debug)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    /// Text received but not yet released.
+    held: String,
+    stopped: bool,
+}
+
+impl StopMatcher {
+    /// Empty stop strings are ignored (they would stop before the first character).
+    pub fn new(stops: Vec<String>) -> StopMatcher {
+        StopMatcher {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+            stopped: false,
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Feeds a delta; returns what can be released. After a stop, everything is swallowed.
+    pub fn push(&mut self, delta: &str) -> StopOutput {
+        if self.stopped {
+            return StopOutput {
+                text: String::new(),
+                stopped: true,
+            };
+        }
+        self.held.push_str(delta);
+
+        // The earliest occurrence of any stop string; all earlier text was checked to hold none.
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
+        if let Some(at) = first_stop {
+            self.held.truncate(at);
+            self.stopped = true;
+            return StopOutput {
+                text: std::mem::take(&mut self.held),
+                stopped: true,
+            };
+        }
+
+        let keep = self.longest_suffix_starting_a_stop();
+        let rest = self.held.split_off(self.held.len() - keep);
+        StopOutput {
+            text: std::mem::replace(&mut self.held, rest),
+            stopped: false,
+        }
+    }
+
+    /// Releases the held-back text when the sequence ends for another reason.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Length in bytes of the longest suffix of `held` that is a proper prefix of a stop string.
+    fn longest_suffix_starting_a_stop(&self) -> usize {
+        let longest_stop = self.stops.iter().map(String::len).max().unwrap_or(0);
+        let max_keep = self.held.len().min(longest_stop.saturating_sub(1));
+        (1..=max_keep)
+            .rev()
+            .find(|&k| {
+                let start = self.held.len() - k;
+                self.held.is_char_boundary(start) && {
+                    let suffix = &self.held[start..];
+                    self.stops.iter().any(|s| s.starts_with(suffix))
+                }
+            })
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], deltas: &[&str]) -> (String, bool) {
+        let mut matcher = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out = String::new();
+        for delta in deltas {
+            let step = matcher.push(delta);
+            out.push_str(&step.text);
+            if step.stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&matcher.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_split_across_deltas_is_cut_and_never_emitted() {
+        assert_eq!(
+            run(&["</s>"], &["Hello <", "/", "s> more"]),
+            ("Hello ".to_string(), true)
+        );
+    }
+
+    #[test]
+    fn partial_stop_is_held_back_then_released() {
+        let mut matcher = StopMatcher::new(vec!["STOP".into()]);
+        assert_eq!(matcher.push("abc ST").text, "abc ");
+        assert_eq!(matcher.push("OP?").text, "");
+        assert!(matcher.is_stopped());
+
+        let mut matcher = StopMatcher::new(vec!["STOP".into()]);
+        assert_eq!(matcher.push("abc ST").text, "abc ");
+        assert_eq!(matcher.push("ART").text, "START");
+        assert_eq!(matcher.push(" S").text, " ");
+        assert_eq!(matcher.finish(), "S");
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        assert_eq!(
+            run(&["world", "lo w"], &["hello world"]),
+            ("hel".to_string(), true)
+        );
+    }
+
+    #[test]
+    fn multibyte_text_and_stops() {
+        assert_eq!(
+            run(&["🙂!"], &["日本", "語 \u{1F642}", "!x"]),
+            ("日本語 ".to_string(), true)
+        );
+        assert_eq!(run(&["é"], &["caf", "e"]), ("cafe".to_string(), false));
+    }
+
+    #[test]
+    fn empty_stop_strings_are_ignored() {
+        assert_eq!(run(&[""], &["abc"]), ("abc".to_string(), false));
+    }
+}
