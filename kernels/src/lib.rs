@@ -10,6 +10,7 @@ pub mod backend;
 pub mod config;
 pub mod dtype;
 pub mod engine;
+pub mod gen_model;
 pub mod kv_cache;
 pub mod model;
 pub mod sampler;
