@@ -1,12 +1,102 @@
-//! Placeholder scalar kernels (replaced by the vectorised implementation).
+//! CPU linear algebra for the inference engine: the `x · wᵀ` product of every linear layer
+//! ([`matmul_t`]), the vector primitives attention needs ([`dot`], [`axpy`]), and a memory
+//! bandwidth probe ([`measure_read_bandwidth`]) that tells how close decode runs to the machine.
+//!
+//! This module owns the arithmetic and its threading; it does not own weight storage, dtype
+//! policy or the thread pool (callers pass theirs in).
+//!
+//! # Canonical reduction order (batch invariance)
+//!
+//! Every output element `out[i, j] = Σ_l x[i, l]·w[j, l]` is computed in one fixed order that
+//! depends only on `k` and the instruction set picked at start-up, never on `m`, on the other
+//! rows of `x`, or on how the work was split across threads:
+//!
+//! 1. one accumulator of `L` lanes (`L` = 16 with AVX-512, 8 with AVX2 and the portable scalar
+//!    code) starts at `+0`; lane `t` takes `acc[t] = fma(x[l], w[l], acc[t])` for
+//!    `l = c·L + t`, walking the chunks `c` in order; the last partial chunk is zero-padded (the
+//!    padded lanes do `fma(0, 0, acc)`);
+//! 2. the lanes are summed by the halving tree `acc[t] += acc[t + L/2]`, then `L/4`, …, `1`;
+//! 3. the bias, if any, is added last: `out = sum + bias[j]`.
+//!
+//! The decode GEMV, the small-batch kernels and the prefill GEMM all run the same register
+//! micro-kernel (`mr` rows of `x` × `nr` rows of `w`, one `L`-lane accumulator per output,
+//! walking `k` in order), so the order is shared by construction. Work is split across threads
+//! along `n` only; `k` is never split. f16/bf16 → f32 conversion is exact, so converting a weight
+//! panel ahead of time (prefill) or in registers (decode) gives the same bits.
+//!
+//! # Blocking
+//!
+//! Each thread owns a contiguous range of weight rows. It walks that range in blocks of rows
+//! sized to half its L2 (converted to an f32 panel once per block when `m` spans several
+//! register tiles and the weights are f16/bf16), and applies each block to all `m` rows of `x`,
+//! `mr` rows at a time, so every weight byte comes from DRAM once per call whatever `m` is.
+
+mod bandwidth;
+mod driver;
+mod scalar;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
 use half::{bf16, f16};
 
+pub use bandwidth::measure_read_bandwidth;
+
+/// A weight matrix, row-major `[n, k]` (the HuggingFace `Linear` layout), in its stored dtype.
+#[derive(Clone, Copy, Debug)]
 pub enum WeightRef<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     BF16(&'a [bf16]),
 }
 
+impl<'a> WeightRef<'a> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            WeightRef::F32(w) => w.len(),
+            WeightRef::F16(w) => w.len(),
+            WeightRef::BF16(w) => w.len(),
+        }
+    }
+
+    /// Whether the matrix has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes per element.
+    pub fn element_size(&self) -> usize {
+        match self {
+            WeightRef::F32(_) => 4,
+            WeightRef::F16(_) | WeightRef::BF16(_) => 2,
+        }
+    }
+
+    /// The elements in `range`, in the same dtype.
+    fn slice(&self, range: Range<usize>) -> WeightRef<'a> {
+        match *self {
+            WeightRef::F32(w) => WeightRef::F32(&w[range]),
+            WeightRef::F16(w) => WeightRef::F16(&w[range]),
+            WeightRef::BF16(w) => WeightRef::BF16(&w[range]),
+        }
+    }
+}
+
+/// `out[i*n + j] = Σ_l x[i*k + l] · w[j*k + l] (+ bias[j])` for `i < m`, `j < n`.
+///
+/// `w` is row-major `[n, k]`. The value of each output element is bitwise independent of `m`, of
+/// the other rows of `x` and of the pool's thread count (see the module docs). Work is split
+/// across the pool's threads along `n`; tiny products run inline on the calling thread.
+///
+/// # Panics
+/// If a slice length does not match `m`, `k` and `n`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_t(
     pool: &rayon::ThreadPool,
@@ -18,31 +108,162 @@ pub fn matmul_t(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let _ = pool;
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0f32;
-            for l in 0..k {
-                let wv = match &w {
-                    WeightRef::F32(w) => w[j * k + l],
-                    WeightRef::F16(w) => w[j * k + l].to_f32(),
-                    WeightRef::BF16(w) => w[j * k + l].to_f32(),
-                };
-                acc += x[i * k + l] * wv;
+    assert_eq!(
+        x.len(),
+        m * k,
+        "matmul_t: x has {} elements, expected m*k = {m}*{k}",
+        x.len()
+    );
+    assert_eq!(
+        w.len(),
+        n * k,
+        "matmul_t: w has {} elements, expected n*k = {n}*{k}",
+        w.len()
+    );
+    assert_eq!(
+        out.len(),
+        m * n,
+        "matmul_t: out has {} elements, expected m*n = {m}*{n}",
+        out.len()
+    );
+    if let Some(b) = bias {
+        assert_eq!(
+            b.len(),
+            n,
+            "matmul_t: bias has {} elements, expected n = {n}",
+            b.len()
+        );
+    }
+    driver::matmul_t(backend(), pool, x, m, k, w, n, bias, out);
+}
+
+/// `Σ a[l]·b[l]` in the canonical order of the module docs, so `dot(x, w_row)` equals the
+/// corresponding `matmul_t` output bit for bit.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "dot: lengths {} and {} differ",
+        a.len(),
+        b.len()
+    );
+    backend().tile(a, a.len(), 1, WeightRef::F32(b), 1)[0][0]
+}
+
+/// `y[l] = fma(alpha, x[l], y[l])` for every `l` (fused, the same for every position).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "axpy: lengths {} and {} differ",
+        x.len(),
+        y.len()
+    );
+    backend().axpy(alpha, x, y);
+}
+
+/// The largest tile the micro-kernels produce: `MAX_MR` rows of `x` × `MAX_NR` rows of `w`.
+const MAX_MR: usize = 4;
+const MAX_NR: usize = 8;
+
+/// One micro-kernel result: `tile[i][j]` for the first `mr` rows and `nr` columns.
+type Tile = [[f32; MAX_NR]; MAX_MR];
+
+/// The instruction set chosen for this process, carrying the proof that its features exist.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Scalar(scalar::Scalar),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(x86_avx2::Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(x86_avx512::Avx512),
+}
+
+/// Detects the best instruction set once per process.
+fn backend() -> Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    *BACKEND.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(isa) = x86_avx512::Avx512::detect() {
+                return Backend::Avx512(isa);
             }
-            out[i * n + j] = acc + bias.map_or(0.0, |b| b[j]);
+            if let Some(isa) = x86_avx2::Avx2::detect() {
+                return Backend::Avx2(isa);
+            }
+        }
+        Backend::Scalar(scalar::Scalar)
+    })
+}
+
+impl Backend {
+    /// The widest `nr` the `mr`-row micro-kernel keeps in registers (`1 ≤ mr ≤ MAX_MR`).
+    fn nr_for(self, mr: usize) -> usize {
+        match self {
+            Backend::Scalar(_) => scalar::NR_FOR_MR[mr - 1],
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => x86_avx2::NR_FOR_MR[mr - 1],
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => x86_avx512::NR_FOR_MR[mr - 1],
         }
     }
-}
 
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
+    /// Dot products of `mr` rows of `x` (stride `k`) with `nr` rows of `w` (stride `k`), in the
+    /// canonical order, without bias. `mr ≤ MAX_MR`, `nr ≤ MAX_NR`.
+    fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
+        assert!(
+            (1..=MAX_MR).contains(&mr) && (1..=MAX_NR).contains(&nr),
+            "tile {mr}x{nr} out of range"
+        );
+        assert!(
+            x.len() >= mr * k && w.len() >= nr * k,
+            "tile operands too short"
+        );
+        match self {
+            Backend::Scalar(isa) => isa.tile(x, k, mr, w, nr),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.tile(x, k, mr, w, nr),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.tile(x, k, mr, w, nr),
+        }
+    }
 
-pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
-}
+    /// Converts f16/bf16 weights to f32 (exactly); `dst.len() == src.len()`.
+    fn convert(self, src: WeightRef<'_>, dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "convert: lengths differ");
+        match self {
+            Backend::Scalar(isa) => isa.convert(src, dst),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.convert(src, dst),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.convert(src, dst),
+        }
+    }
 
-pub fn measure_read_bandwidth(_pool: &rayon::ThreadPool, _bytes: usize, _iters: usize) -> f64 {
-    1.0
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        match self {
+            Backend::Scalar(isa) => isa.axpy(alpha, x, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.axpy(alpha, x, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.axpy(alpha, x, y),
+        }
+    }
+
+    /// Sum of `data` with several independent vector accumulators: a streaming read.
+    fn read_sum(self, data: &[f32]) -> f32 {
+        match self {
+            Backend::Scalar(isa) => isa.read_sum(data),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.read_sum(data),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.read_sum(data),
+        }
+    }
 }

@@ -1,0 +1,156 @@
+//! Threading and cache blocking for [`super::matmul_t`]: splits the weight rows (`n`) across the
+//! pool, walks each thread's rows in L2-sized blocks, and drives the per-ISA micro-kernel over
+//! `mr × nr` tiles. It never splits `k`, so the per-element reduction order stays canonical.
+
+use std::ops::Range;
+
+use super::{Backend, MAX_MR, WeightRef};
+
+/// Products with fewer multiply-adds than this run inline: dispatching to the pool costs more.
+const INLINE_MACS: usize = 1 << 18;
+
+/// Bytes of f32 weight rows per cache block: half of a 2 MiB L2, leaving room for `x` tiles.
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// Thread ranges and cache blocks are multiples of this many rows (a multiple of every
+/// micro-kernel's `nr` in use, so tails only occur at the very end of `n`).
+const ROW_ALIGN: usize = 24;
+
+/// The output matrix, shared by threads that write disjoint column ranges.
+#[derive(Clone, Copy)]
+struct SharedOut {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+}
+
+// SAFETY: each thread writes only the columns of its own range (`partition` gives disjoint
+// ranges), and the `&mut [f32]` the pointer came from outlives every use (the broadcast joins
+// before `matmul_t` returns).
+unsafe impl Send for SharedOut {}
+// SAFETY: see `Send`.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `row < m`, `col < n`, and no other thread writes `(row, col)` concurrently.
+    #[inline]
+    unsafe fn write(self, row: usize, col: usize, value: f32) {
+        debug_assert!(row < self.m && col < self.n);
+        // SAFETY: in bounds by the caller's contract; the buffer holds m*n elements.
+        unsafe { *self.ptr.add(row * self.n + col) = value };
+    }
+}
+
+/// The `index`-th of `parts` contiguous, `ROW_ALIGN`-aligned ranges covering `0..n`.
+fn partition(n: usize, parts: usize, index: usize) -> Range<usize> {
+    let units = n.div_ceil(ROW_ALIGN);
+    let bound = |t: usize| ((units * t / parts) * ROW_ALIGN).min(n);
+    bound(index)..bound(index + 1)
+}
+
+/// Rows of `w` per cache block for reduction length `k`.
+fn block_rows(k: usize) -> usize {
+    let rows = BLOCK_BYTES / (4 * k.max(1));
+    (rows / ROW_ALIGN).max(1) * ROW_ALIGN
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_t(
+    backend: Backend,
+    pool: &rayon::ThreadPool,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRef<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let shared = SharedOut {
+        ptr: out.as_mut_ptr(),
+        m,
+        n,
+    };
+    let threads = pool.current_num_threads();
+    if threads <= 1 || m * n * k < INLINE_MACS {
+        compute_rows(backend, x, m, k, w, bias, shared, 0..n);
+        return;
+    }
+    pool.broadcast(|ctx| {
+        let cols = partition(n, ctx.num_threads(), ctx.index());
+        compute_rows(backend, x, m, k, w, bias, shared, cols);
+    });
+}
+
+/// Computes output columns `cols` (weight rows) for all `m` rows of `x`.
+#[allow(clippy::too_many_arguments)]
+fn compute_rows(
+    backend: Backend,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRef<'_>,
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    cols: Range<usize>,
+) {
+    if cols.is_empty() {
+        return;
+    }
+    let nb = block_rows(k);
+    // With several x tiles per block, widening f16/bf16 once into an f32 panel beats widening in
+    // registers for every tile (the conversion is exact, so the bits do not change).
+    let pack = m > MAX_MR && !matches!(w, WeightRef::F32(_));
+    let mut panel = if pack {
+        vec![0.0f32; nb.min(cols.len()) * k]
+    } else {
+        Vec::new()
+    };
+    let mut jb = cols.start;
+    while jb < cols.end {
+        let je = (jb + nb).min(cols.end);
+        let rows = je - jb;
+        let block = w.slice(jb * k..je * k);
+        let block = if pack {
+            let panel = &mut panel[..rows * k];
+            backend.convert(block, panel);
+            WeightRef::F32(panel)
+        } else {
+            block
+        };
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(MAX_MR);
+            let nr_full = backend.nr_for(mr);
+            let xs = &x[i * k..(i + mr) * k];
+            let mut j = 0;
+            while j < rows {
+                let nr = if rows - j >= nr_full {
+                    nr_full
+                } else {
+                    rows - j
+                };
+                let tile = backend.tile(xs, k, mr, block.slice(j * k..(j + nr) * k), nr);
+                for (ii, tile_row) in tile.iter().enumerate().take(mr) {
+                    for (jj, &v) in tile_row.iter().enumerate().take(nr) {
+                        let col = jb + j + jj;
+                        let v = match bias {
+                            Some(b) => v + b[col],
+                            None => v,
+                        };
+                        // SAFETY: i + ii < m and col < n; col lies in this call's `cols`, which
+                        // no other thread writes.
+                        unsafe { out.write(i + ii, col, v) };
+                    }
+                }
+                j += nr;
+            }
+            i += mr;
+        }
+        jb = je;
+    }
+}

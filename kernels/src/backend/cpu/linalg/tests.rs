@@ -1,0 +1,249 @@
+//! Tests of the linear-algebra kernels: batch invariance (bitwise), agreement with an f64
+//! reference, and bitwise agreement of the SIMD kernels with the portable definition of the
+//! canonical order.
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use proptest::prelude::*;
+
+use super::*;
+
+fn pool(threads: usize) -> &'static rayon::ThreadPool {
+    static POOLS: OnceLock<[rayon::ThreadPool; 2]> = OnceLock::new();
+    let pools = POOLS.get_or_init(|| {
+        let make = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .expect("pool")
+        };
+        [make(1), make(2)]
+    });
+    &pools[threads - 1]
+}
+
+/// Deterministic values in [-1, 1) from a seed (xorshift64*).
+fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+            r as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Owned weights of one dtype.
+enum Weights {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Weights {
+    fn new(dtype: usize, v: &[f32]) -> Self {
+        match dtype {
+            0 => Weights::F32(v.to_vec()),
+            1 => Weights::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            _ => Weights::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+        }
+    }
+    fn view(&self) -> WeightRef<'_> {
+        match self {
+            Weights::F32(w) => WeightRef::F32(w),
+            Weights::F16(w) => WeightRef::F16(w),
+            Weights::BF16(w) => WeightRef::BF16(w),
+        }
+    }
+    fn at(&self, i: usize) -> f32 {
+        match self {
+            Weights::F32(w) => w[i],
+            Weights::F16(w) => w[i].to_f32(),
+            Weights::BF16(w) => w[i].to_f32(),
+        }
+    }
+}
+
+fn run(
+    threads: usize,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Weights,
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = vec![f32::NAN; m * n];
+    matmul_t(pool(threads), x, m, k, w.view(), n, bias, &mut out);
+    out
+}
+
+/// Checks batch invariance and accuracy of one random problem.
+fn check(m: usize, k: usize, n: usize, dtype: usize, with_bias: bool, seed: u64) {
+    let x = values(seed, m * k);
+    let w = Weights::new(dtype, &values(seed ^ 0xABCD, n * k));
+    let bias = with_bias.then(|| values(seed ^ 0x1234, n));
+    let bias = bias.as_deref();
+    let full = run(2, &x, m, k, &w, n, bias);
+    assert_eq!(
+        full,
+        run(1, &x, m, k, &w, n, bias),
+        "thread count changed the bits"
+    );
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        for threads in [1, 2] {
+            let single = run(threads, row, 1, k, &w, n, bias);
+            let same = single
+                .iter()
+                .zip(&full[i * n..(i + 1) * n])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "row {i} of m={m} differs from m=1 ({threads} threads), k={k} n={n}"
+            );
+        }
+        for j in 0..n {
+            let (mut exact, mut magnitude) = (0.0f64, 0.0f64);
+            for (l, &xl) in row.iter().enumerate() {
+                let p = f64::from(xl) * f64::from(w.at(j * k + l));
+                exact += p;
+                magnitude += p.abs();
+            }
+            if let Some(b) = bias {
+                exact += f64::from(b[j]);
+                magnitude += f64::from(b[j]).abs();
+            }
+            // The classical bound for a sum of this depth (chunks, the 8-lane tree, the bias).
+            let depth = k.div_ceil(8) + 4;
+            let bound = depth as f64 * f64::from(f32::EPSILON) * magnitude + 1e-30;
+            let got = f64::from(full[i * n + j]);
+            assert!(
+                (got - exact).abs() <= bound,
+                "({i},{j}) k={k}: {got} vs {exact} (bound {bound})"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn small_shapes_are_batch_invariant_and_accurate(
+        m in 1usize..=13, k in 1usize..=80, n in 1usize..=40, dtype in 0usize..3,
+        with_bias: bool, seed: u64,
+    ) {
+        check(m, k, n, dtype, with_bias, seed);
+    }
+
+    #[test]
+    fn threaded_shapes_are_batch_invariant_and_accurate(
+        m in 1usize..=10, k in 200usize..=700, n in 100usize..=520, dtype in 0usize..3,
+        with_bias: bool, seed: u64,
+    ) {
+        check(m, k, n, dtype, with_bias, seed);
+    }
+}
+
+#[test]
+fn blocked_prefill_shape_matches_single_rows() {
+    // Several cache blocks per thread, f16 packing, an n tail and an m tail.
+    check(7, 1030, 1100, 1, true, 7);
+    check(6, 2200, 530, 2, false, 8);
+}
+
+/// Every SIMD kernel shape must equal the portable definition of the canonical order.
+#[test]
+fn simd_kernels_equal_the_canonical_definition() {
+    let b = backend();
+    for k in [1, 5, 8, 15, 16, 17, 31, 64, 100, 257] {
+        for dtype in 0..3 {
+            let x = values(k as u64, MAX_MR * k);
+            let w = Weights::new(dtype, &values(k as u64 + 99, MAX_NR * k));
+            for mr in 1..=MAX_MR {
+                for nr in 1..=MAX_NR {
+                    let tile = b.tile(&x, k, mr, w.view(), nr);
+                    for (i, tile_row) in tile.iter().enumerate().take(mr) {
+                        for (j, got) in tile_row.iter().enumerate().take(nr) {
+                            let xi = &x[i * k..(i + 1) * k];
+                            let want = match b {
+                                Backend::Scalar(_) => scalar::dot_row::<8>(xi, w.view(), j),
+                                #[cfg(target_arch = "x86_64")]
+                                Backend::Avx2(_) => scalar::dot_row::<8>(xi, w.view(), j),
+                                #[cfg(target_arch = "x86_64")]
+                                Backend::Avx512(_) => scalar::dot_row::<16>(xi, w.view(), j),
+                            };
+                            assert_eq!(got.to_bits(), want.to_bits(), "k={k} {mr}x{nr} ({i},{j})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_equals_a_one_by_one_matmul() {
+    for len in [0, 1, 7, 16, 33, 128, 1000] {
+        let a = values(len as u64, len);
+        let b = values(len as u64 + 5, len);
+        let mut out = [0.0f32];
+        matmul_t(pool(1), &a, 1, len, WeightRef::F32(&b), 1, None, &mut out);
+        assert_eq!(dot(&a, &b).to_bits(), out[0].to_bits(), "len {len}");
+    }
+}
+
+#[test]
+fn axpy_is_a_fused_multiply_add_at_every_position() {
+    for len in [0, 1, 9, 16, 31, 100] {
+        let x = values(1, len);
+        let mut y = values(2, len);
+        let want: Vec<f32> = y
+            .iter()
+            .zip(&x)
+            .map(|(y, x)| 0.37f32.mul_add(*x, *y))
+            .collect();
+        axpy(0.37, &x, &mut y);
+        assert_eq!(y, want, "len {len}");
+    }
+}
+
+#[test]
+fn convert_widens_exactly() {
+    let v = values(3, 77);
+    for dtype in 1..3 {
+        let w = Weights::new(dtype, &v);
+        let mut dst = vec![0.0; v.len()];
+        backend().convert(w.view(), &mut dst);
+        let want: Vec<f32> = (0..v.len()).map(|i| w.at(i)).collect();
+        assert_eq!(dst, want);
+    }
+}
+
+#[test]
+fn bandwidth_is_positive() {
+    let bw = measure_read_bandwidth(pool(2), 1 << 20, 2);
+    assert!(bw.is_finite() && bw > 1e8, "bandwidth {bw}");
+}
+
+#[test]
+#[should_panic(expected = "expected m*k")]
+fn shape_mismatch_panics() {
+    let w = [0.0f32; 4];
+    let mut out = [0.0f32; 2];
+    matmul_t(
+        pool(1),
+        &[0.0; 3],
+        1,
+        2,
+        WeightRef::F32(&w),
+        2,
+        None,
+        &mut out,
+    );
+}

@@ -1,0 +1,294 @@
+//! AVX2 + FMA + F16C kernels (8 f32 lanes), for x86-64 CPUs without AVX-512. The same register
+//! micro-kernel as `x86_avx512.rs`; partial chunks are copied into a zeroed stack buffer.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::{MAX_MR, MAX_NR, Tile, WeightRef};
+
+/// f32 lanes per vector: the `L` of the canonical order on this instruction set.
+pub(super) const LANES: usize = 8;
+
+/// `nr` per `mr` such that the accumulators, x vectors and a weight vector fit in 16 registers.
+pub(super) const NR_FOR_MR: [usize; 4] = [8, 5, 4, 3];
+
+/// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Avx2(());
+
+impl Avx2 {
+    pub(super) fn detect() -> Option<Self> {
+        let ok = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        ok.then_some(Avx2(()))
+    }
+
+    pub(super) fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
+        match w {
+            WeightRef::F32(w) => tile_typed(self, x, k, mr, w, nr),
+            WeightRef::F16(w) => tile_typed(self, x, k, mr, w, nr),
+            WeightRef::BF16(w) => tile_typed(self, x, k, mr, w, nr),
+        }
+    }
+
+    pub(super) fn convert(self, src: WeightRef<'_>, dst: &mut [f32]) {
+        match src {
+            WeightRef::F32(s) => dst.copy_from_slice(s),
+            WeightRef::F16(s) => convert_typed(self, s, dst),
+            WeightRef::BF16(s) => convert_typed(self, s, dst),
+        }
+    }
+
+    pub(super) fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), y.len(), "axpy: lengths differ");
+        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are equal (checked above).
+        unsafe { axpy_kernel(alpha, x, y) }
+    }
+
+    pub(super) fn read_sum(self, data: &[f32]) -> f32 {
+        // SAFETY: `self` proves AVX2/FMA/F16C.
+        unsafe { read_sum_kernel(data) }
+    }
+}
+
+/// A weight element type that can be loaded as 8 f32 lanes.
+trait Load8: Copy {
+    const ZERO: Self;
+    /// # Safety
+    /// `p` is valid for reading 8 elements; the CPU has AVX2/FMA/F16C.
+    unsafe fn load(p: *const Self) -> __m256;
+}
+
+impl Load8 for f32 {
+    const ZERO: f32 = 0.0;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: guaranteed by the caller.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+impl Load8 for f16 {
+    const ZERO: f16 = f16::ZERO;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(p: *const f16) -> __m256 {
+        // SAFETY: guaranteed by the caller (8 halves = 16 bytes).
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+    }
+}
+
+impl Load8 for bf16 {
+    const ZERO: bf16 = bf16::ZERO;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(p: *const bf16) -> __m256 {
+        // SAFETY: guaranteed by the caller (8 bf16 = 16 bytes).
+        let raw = unsafe { _mm_loadu_si128(p.cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
+    }
+}
+
+/// Loads the first `rem < 8` elements at `p`, zeros in the other lanes.
+///
+/// # Safety
+/// `p` is valid for reading `rem` elements; the CPU has AVX2/FMA/F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_partial<W: Load8>(p: *const W, rem: usize) -> __m256 {
+    let mut buf = [W::ZERO; LANES];
+    // SAFETY: p holds rem ≤ 8 elements and buf 8; the regions are distinct.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), rem);
+        W::load(buf.as_ptr())
+    }
+}
+
+fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr: usize) -> Tile {
+    assert!(
+        (1..=MAX_MR).contains(&mr) && (1..=MAX_NR).contains(&nr),
+        "tile {mr}x{nr}"
+    );
+    assert!(
+        x.len() >= mr * k && w.len() >= nr * k,
+        "tile operands too short"
+    );
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    if nr == NR_FOR_MR[mr - 1] {
+        // SAFETY: `_isa` proves the features; x holds mr rows and w holds nr rows of k elements
+        // (asserted above), which is all each kernel reads.
+        return unsafe {
+            match mr {
+                1 => spread(&kernel::<W, 1, 8>(xp, wp, k)),
+                2 => spread(&kernel::<W, 2, 5>(xp, wp, k)),
+                3 => spread(&kernel::<W, 3, 4>(xp, wp, k)),
+                _ => spread(&kernel::<W, 4, 3>(xp, wp, k)),
+            }
+        };
+    }
+    let mut tile = [[0.0; MAX_NR]; MAX_MR];
+    // Index loops: `j` addresses a column across the rows of `tile`.
+    #[allow(clippy::needless_range_loop)]
+    for j in 0..nr {
+        // SAFETY: as above; row j < nr of w starts at j*k and has k elements.
+        let col: Tile = unsafe {
+            match mr {
+                1 => spread(&kernel::<W, 1, 1>(xp, wp.add(j * k), k)),
+                2 => spread(&kernel::<W, 2, 1>(xp, wp.add(j * k), k)),
+                3 => spread(&kernel::<W, 3, 1>(xp, wp.add(j * k), k)),
+                _ => spread(&kernel::<W, 4, 1>(xp, wp.add(j * k), k)),
+            }
+        };
+        for i in 0..mr {
+            tile[i][j] = col[i][0];
+        }
+    }
+    tile
+}
+
+/// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
+#[inline]
+fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
+    let mut tile = [[0.0; MAX_NR]; MAX_MR];
+    for (t, r) in tile.iter_mut().zip(r) {
+        t[..NR].copy_from_slice(r);
+    }
+    tile
+}
+
+/// The register micro-kernel: `MR` rows of `x` against `NR` rows of `w`, one 8-lane accumulator
+/// per output, walking `k` in order (canonical order, see the module docs of `linalg`).
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `MR*k` reads and `w` for `NR*k` reads (row stride `k`).
+// Index loops keep the accumulator grid explicit; LLVM unrolls them into registers.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+) -> [[f32; NR]; MR] {
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    let full = k / LANES;
+    for c in 0..full {
+        let off = c * LANES;
+        let mut xv = [_mm256_setzero_ps(); MR];
+        for (i, v) in xv.iter_mut().enumerate() {
+            // SAFETY: off + 8 ≤ k, so this reads inside row i of x.
+            *v = unsafe { _mm256_loadu_ps(x.add(i * k + off)) };
+        }
+        for j in 0..NR {
+            // SAFETY: off + 8 ≤ k, so this reads inside row j of w.
+            let wv = unsafe { W::load(w.add(j * k + off)) };
+            for i in 0..MR {
+                acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+            }
+        }
+    }
+    let rem = k % LANES;
+    if rem != 0 {
+        let off = full * LANES;
+        let mut xv = [_mm256_setzero_ps(); MR];
+        for (i, v) in xv.iter_mut().enumerate() {
+            // SAFETY: row i has exactly rem elements left.
+            *v = unsafe { load_partial(x.add(i * k + off), rem) };
+        }
+        for j in 0..NR {
+            // SAFETY: row j has exactly rem elements left.
+            let wv = unsafe { load_partial(w.add(j * k + off), rem) };
+            for i in 0..MR {
+                acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+            }
+        }
+    }
+    let mut out = [[0.0; NR]; MR];
+    for i in 0..MR {
+        for j in 0..NR {
+            out[i][j] = hsum(acc[i][j]);
+        }
+    }
+    out
+}
+
+/// The canonical halving tree: lanes `t + 4`, then `t + 2`, `t + 1` are added in.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    let d = _mm_add_ss(c, _mm_movehdup_ps(c));
+    _mm_cvtss_f32(d)
+}
+
+fn convert_typed<W: Load8>(_isa: Avx2, src: &[W], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "convert: lengths differ");
+    let full = src.len() / LANES;
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: `_isa` proves the features; every chunk c < full lies inside both slices.
+    unsafe { convert_kernel(s, d, full) };
+    let tail = full * LANES;
+    // SAFETY: the tail is shorter than one chunk and inside `src`.
+    let v = unsafe { load_partial(s.add(tail), src.len() - tail) };
+    let mut buf = [0.0f32; LANES];
+    // SAFETY: `_isa` proves the features; buf holds 8 floats.
+    unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), v) };
+    dst[tail..].copy_from_slice(&buf[..src.len() - tail]);
+}
+
+/// # Safety
+/// AVX2/FMA/F16C present; `s` and `d` valid for `full*8` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn convert_kernel<W: Load8>(s: *const W, d: *mut f32, full: usize) {
+    for c in 0..full {
+        // SAFETY: chunk c is inside both buffers (caller contract).
+        unsafe { _mm256_storeu_ps(d.add(c * LANES), W::load(s.add(c * LANES))) };
+    }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C present; `x.len() == y.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_kernel(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let a = _mm256_set1_ps(alpha);
+    let full = x.len() / LANES;
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    for c in 0..full {
+        let off = c * LANES;
+        // SAFETY: off + 8 ≤ len for both slices.
+        unsafe {
+            let v = _mm256_fmadd_ps(
+                a,
+                _mm256_loadu_ps(xp.add(off)),
+                _mm256_loadu_ps(yp.add(off)),
+            );
+            _mm256_storeu_ps(yp.add(off), v);
+        }
+    }
+    // Fused like the vector lanes, so every position rounds the same way.
+    for l in full * LANES..x.len() {
+        y[l] = alpha.mul_add(x[l], y[l]);
+    }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn read_sum_kernel(data: &[f32]) -> f32 {
+    const STEP: usize = 4 * LANES;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let p = data.as_ptr();
+    let full = data.len() / STEP;
+    for c in 0..full {
+        for (u, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c*STEP + STEP ≤ len.
+            *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(p.add(c * STEP + u * LANES)) });
+        }
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    hsum(v) + data[full * STEP..].iter().sum::<f32>()
+}

@@ -1,0 +1,323 @@
+//! AVX-512 kernels (16 f32 lanes): the register micro-kernel behind every `matmul_t` shape, and
+//! the vector helpers. Weights are widened to f32 in registers (`vcvtph2ps` for f16, a 16-bit
+//! shift for bf16); partial chunks use masked loads, which read zeros past the end.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::{MAX_MR, MAX_NR, Tile, WeightRef};
+
+/// f32 lanes per vector: the `L` of the canonical order on this instruction set.
+pub(super) const LANES: usize = 16;
+
+/// `nr` per `mr` such that `mr·nr` accumulators, `mr` x vectors and one weight vector fit in
+/// the 32 vector registers.
+pub(super) const NR_FOR_MR: [usize; 4] = [8, 8, 7, 6];
+
+/// Proof that the CPU has AVX-512 F, BW and VL (only [`Avx512::detect`] makes one).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Avx512(());
+
+impl Avx512 {
+    pub(super) fn detect() -> Option<Self> {
+        let ok = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl");
+        ok.then_some(Avx512(()))
+    }
+
+    pub(super) fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
+        match w {
+            WeightRef::F32(w) => tile_typed(self, x, k, mr, w, nr),
+            WeightRef::F16(w) => tile_typed(self, x, k, mr, w, nr),
+            WeightRef::BF16(w) => tile_typed(self, x, k, mr, w, nr),
+        }
+    }
+
+    pub(super) fn convert(self, src: WeightRef<'_>, dst: &mut [f32]) {
+        match src {
+            WeightRef::F32(s) => dst.copy_from_slice(s),
+            WeightRef::F16(s) => convert_typed(self, s, dst),
+            WeightRef::BF16(s) => convert_typed(self, s, dst),
+        }
+    }
+
+    pub(super) fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), y.len(), "axpy: lengths differ");
+        // SAFETY: `self` proves AVX-512 F/BW/VL; the lengths are equal (checked above).
+        unsafe { axpy_kernel(alpha, x, y) }
+    }
+
+    pub(super) fn read_sum(self, data: &[f32]) -> f32 {
+        // SAFETY: `self` proves AVX-512 F/BW/VL.
+        unsafe { read_sum_kernel(data) }
+    }
+}
+
+/// A weight element type that can be loaded as 16 f32 lanes.
+trait Load16: Copy {
+    /// # Safety
+    /// `p` is valid for reading 16 elements; the CPU has AVX-512 F/BW/VL.
+    unsafe fn load(p: *const Self) -> __m512;
+    /// Loads the elements whose `mask` bit is set, zeros elsewhere; masked-off elements are not
+    /// read.
+    ///
+    /// # Safety
+    /// `p` is valid for reading the masked elements; the CPU has AVX-512 F/BW/VL.
+    unsafe fn load_masked(p: *const Self, mask: __mmask16) -> __m512;
+}
+
+impl Load16 for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: guaranteed by the caller.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_masked(p: *const f32, mask: __mmask16) -> __m512 {
+        // SAFETY: guaranteed by the caller; masked-off lanes are not accessed.
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+}
+
+impl Load16 for f16 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load(p: *const f16) -> __m512 {
+        // SAFETY: guaranteed by the caller (16 halves = 32 bytes).
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_masked(p: *const f16, mask: __mmask16) -> __m512 {
+        // SAFETY: guaranteed by the caller; masked-off lanes are not accessed.
+        _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) })
+    }
+}
+
+impl Load16 for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load(p: *const bf16) -> __m512 {
+        // SAFETY: guaranteed by the caller (16 bf16 = 32 bytes).
+        let raw = unsafe { _mm256_loadu_si256(p.cast()) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_masked(p: *const bf16, mask: __mmask16) -> __m512 {
+        // SAFETY: guaranteed by the caller; masked-off lanes are not accessed.
+        let raw = unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+    }
+}
+
+fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], nr: usize) -> Tile {
+    assert!(
+        (1..=MAX_MR).contains(&mr) && (1..=MAX_NR).contains(&nr),
+        "tile {mr}x{nr}"
+    );
+    assert!(
+        x.len() >= mr * k && w.len() >= nr * k,
+        "tile operands too short"
+    );
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    if nr == NR_FOR_MR[mr - 1] {
+        // SAFETY: `_isa` proves the features; x holds mr rows and w holds nr rows of
+        // k elements (asserted above), which is all each kernel reads.
+        return unsafe {
+            match mr {
+                1 => spread(&kernel::<W, 1, 8>(xp, wp, k)),
+                2 => spread(&kernel::<W, 2, 8>(xp, wp, k)),
+                3 => spread(&kernel::<W, 3, 7>(xp, wp, k)),
+                _ => spread(&kernel::<W, 4, 6>(xp, wp, k)),
+            }
+        };
+    }
+    let mut tile = [[0.0; MAX_NR]; MAX_MR];
+    // Index loops: `j` addresses a column across the rows of `tile`.
+    #[allow(clippy::needless_range_loop)]
+    for j in 0..nr {
+        // SAFETY: as above; row j < nr of w starts at j*k and has k elements.
+        let col: Tile = unsafe {
+            match mr {
+                1 => spread(&kernel::<W, 1, 1>(xp, wp.add(j * k), k)),
+                2 => spread(&kernel::<W, 2, 1>(xp, wp.add(j * k), k)),
+                3 => spread(&kernel::<W, 3, 1>(xp, wp.add(j * k), k)),
+                _ => spread(&kernel::<W, 4, 1>(xp, wp.add(j * k), k)),
+            }
+        };
+        for i in 0..mr {
+            tile[i][j] = col[i][0];
+        }
+    }
+    tile
+}
+
+/// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
+#[inline]
+fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
+    let mut tile = [[0.0; MAX_NR]; MAX_MR];
+    for (t, r) in tile.iter_mut().zip(r) {
+        t[..NR].copy_from_slice(r);
+    }
+    tile
+}
+
+/// The register micro-kernel: `MR` rows of `x` against `NR` rows of `w`, one 16-lane accumulator
+/// per output, walking `k` in order (canonical order, see the module docs of `linalg`).
+///
+/// # Safety
+/// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads and `w` for `NR*k` reads (row stride `k`).
+// Index loops keep the accumulator grid explicit; LLVM unrolls them into registers.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn kernel<W: Load16, const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+) -> [[f32; NR]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let full = k / LANES;
+    // The rows of the next tile follow these in memory; prefetching them into L2 linearly, at
+    // the rate this tile consumes its own rows, keeps DRAM busy across short (2 KiB) rows that
+    // the hardware streamer would otherwise have to re-detect for every tile.
+    let chunk_bytes = NR * LANES * size_of::<W>();
+    let next_tile = w.cast::<i8>().wrapping_add(NR * k * size_of::<W>());
+    for c in 0..full {
+        let off = c * LANES;
+        let pf = next_tile.wrapping_add(c * chunk_bytes);
+        for line in (0..chunk_bytes).step_by(64) {
+            // A prefetch never faults, so running past the matrix end is harmless.
+            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(line));
+        }
+        let mut xv = [_mm512_setzero_ps(); MR];
+        for (i, v) in xv.iter_mut().enumerate() {
+            // SAFETY: off + 16 ≤ k, so this reads inside row i of x.
+            *v = unsafe { _mm512_loadu_ps(x.add(i * k + off)) };
+        }
+        for j in 0..NR {
+            // SAFETY: off + 16 ≤ k, so this reads inside row j of w.
+            let wv = unsafe { W::load(w.add(j * k + off)) };
+            for i in 0..MR {
+                acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+            }
+        }
+    }
+    let rem = k % LANES;
+    if rem != 0 {
+        let off = full * LANES;
+        let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+        let mut xv = [_mm512_setzero_ps(); MR];
+        for (i, v) in xv.iter_mut().enumerate() {
+            // SAFETY: the mask selects only the rem elements left in row i.
+            *v = unsafe { _mm512_maskz_loadu_ps(mask, x.add(i * k + off)) };
+        }
+        for j in 0..NR {
+            // SAFETY: the mask selects only the rem elements left in row j.
+            let wv = unsafe { W::load_masked(w.add(j * k + off), mask) };
+            for i in 0..MR {
+                acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+            }
+        }
+    }
+    let mut out = [[0.0; NR]; MR];
+    for i in 0..MR {
+        for j in 0..NR {
+            out[i][j] = hsum(acc[i][j]);
+        }
+    }
+    out
+}
+
+/// The canonical halving tree: lanes `t + 8`, then `t + 4`, `t + 2`, `t + 1` are added in.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn hsum(v: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let a = _mm256_add_ps(lo, hi);
+    let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    let d = _mm_add_ss(c, _mm_movehdup_ps(c));
+    _mm_cvtss_f32(d)
+}
+
+fn convert_typed<W: Load16>(_isa: Avx512, src: &[W], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "convert: lengths differ");
+    let full = src.len() / LANES;
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: the Avx512 token proves the features; every chunk c < full lies inside both slices and
+    // the masked tail touches only the remaining elements.
+    unsafe { convert_kernel(s, d, full, src.len() % LANES) }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL present; `s` and `d` valid for `full*16 + rem` elements, `rem < 16`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn convert_kernel<W: Load16>(s: *const W, d: *mut f32, full: usize, rem: usize) {
+    for c in 0..full {
+        // SAFETY: chunk c is inside both buffers (caller contract).
+        unsafe { _mm512_storeu_ps(d.add(c * LANES), W::load(s.add(c * LANES))) };
+    }
+    if rem != 0 {
+        let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+        let off = full * LANES;
+        // SAFETY: the mask selects only the rem elements left in both buffers.
+        unsafe { _mm512_mask_storeu_ps(d.add(off), mask, W::load_masked(s.add(off), mask)) };
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL present; `x.len() == y.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn axpy_kernel(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let a = _mm512_set1_ps(alpha);
+    let full = x.len() / LANES;
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    for c in 0..full {
+        let off = c * LANES;
+        // SAFETY: off + 16 ≤ len for both slices.
+        unsafe {
+            let v = _mm512_fmadd_ps(
+                a,
+                _mm512_loadu_ps(xp.add(off)),
+                _mm512_loadu_ps(yp.add(off)),
+            );
+            _mm512_storeu_ps(yp.add(off), v);
+        }
+    }
+    let rem = x.len() % LANES;
+    if rem != 0 {
+        let off = full * LANES;
+        let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+        // SAFETY: the mask selects only the rem elements left in both slices.
+        unsafe {
+            let xv = _mm512_maskz_loadu_ps(mask, xp.add(off));
+            let yv = _mm512_maskz_loadu_ps(mask, yp.add(off));
+            _mm512_mask_storeu_ps(yp.add(off), mask, _mm512_fmadd_ps(a, xv, yv));
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL present.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn read_sum_kernel(data: &[f32]) -> f32 {
+    const STEP: usize = 4 * LANES;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let p = data.as_ptr();
+    let full = data.len() / STEP;
+    for c in 0..full {
+        for (u, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c*STEP + STEP ≤ len.
+            *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(p.add(c * STEP + u * LANES)) });
+        }
+    }
+    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    hsum(v) + data[full * STEP..].iter().sum::<f32>()
+}

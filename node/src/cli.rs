@@ -1,0 +1,152 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use helixflow_kernels::config::Architecture;
+use helixflow_kernels::dtype::DType;
+
+use crate::commands;
+
+/// HelixFlow: a distributed LLM-inference runtime.
+#[derive(Debug, Parser)]
+#[command(name = "helixflow", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a model directory, like llama-cli.
+    Run(RunArgs),
+    /// Write a random-weight model in the HuggingFace layout (no download needed).
+    GenModel(GenModelArgs),
+    /// Measure the engine: decode and prefill throughput against memory bandwidth.
+    BenchEngine(BenchEngineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Raw prompt text (tokenized as is).
+    #[arg(
+        long,
+        conflicts_with = "chat_json",
+        required_unless_present = "chat_json"
+    )]
+    pub prompt: Option<String>,
+    /// JSON file with chat messages (`[{"role": ..., "content": ...}]` or `{"messages": [...]}`),
+    /// rendered with the model's chat template.
+    #[arg(long)]
+    pub chat_json: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print one JSON object (token ids, text, finish reason, per-step logprobs) instead of
+    /// streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Compute threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct GenModelArgs {
+    /// Output directory (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_parser = parse_arch)]
+    pub arch: Architecture,
+    #[arg(long)]
+    pub hidden: usize,
+    #[arg(long)]
+    pub layers: usize,
+    #[arg(long)]
+    pub heads: usize,
+    #[arg(long)]
+    pub kv_heads: usize,
+    #[arg(long)]
+    pub intermediate: usize,
+    #[arg(long)]
+    pub vocab: usize,
+    #[arg(long, value_parser = parse_dtype, default_value = "f32")]
+    pub dtype: DType,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 4096)]
+    pub max_position_embeddings: usize,
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rope_theta: f32,
+    /// `linear:FACTOR` or `llama3:FACTOR:LOW:HIGH:ORIGINAL_MAX_POSITIONS`.
+    #[arg(long)]
+    pub rope_scaling: Option<String>,
+    /// Sliding attention window (mistral only).
+    #[arg(long)]
+    pub sliding_window: Option<usize>,
+    /// Tie the output projection to the embeddings (default: qwen2 yes, others no).
+    #[arg(long)]
+    pub tie_embeddings: Option<bool>,
+    /// Shard the weights into files of at most this many MB.
+    #[arg(long)]
+    pub shard_mb: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchEngineArgs {
+    /// Model directory (make one with `helixflow gen-model`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Decode batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    pub batch: Vec<usize>,
+    /// Prompt length of the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Timed decode steps per batch size.
+    #[arg(long, default_value_t = 32)]
+    pub decode_steps: usize,
+    /// Repetitions of each measurement (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// MiB read per bandwidth measurement pass.
+    #[arg(long, default_value_t = 1024)]
+    pub bandwidth_mib: usize,
+    /// Also print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_arch(s: &str) -> Result<Architecture, String> {
+    s.parse()
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    s.parse()
+}
+
+/// Runs a parsed command line.
+pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::GenModel(args) => commands::gen_model::run(args),
+        Command::BenchEngine(args) => commands::bench_engine::run(args),
+    }
+}

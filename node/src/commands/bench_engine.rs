@@ -1,0 +1,193 @@
+//! `helixflow bench-engine`: decode and prefill throughput of the engine on this machine,
+//! stated against the memory-bandwidth ceiling and the GEMM throughput measured in the same run.
+//!
+//! Decode is bandwidth-bound: every step reads every weight once, so the ceiling for one
+//! sequence is `bandwidth / weight bytes per step` tokens/s. Prefill is compute-bound and is
+//! compared with the CPU backend's own matmul on the model's largest projection at the same `m`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use helixflow_kernels::backend::cpu::{CpuBackend, linalg};
+use helixflow_kernels::engine::{Engine, EngineConfig, SeqEvent, SequenceRequest};
+use helixflow_kernels::model::Model;
+use helixflow_kernels::sampler::SamplingParams;
+use serde_json::json;
+
+use crate::cli::BenchEngineArgs;
+
+/// Prompt length of each sequence in the decode measurements.
+const DECODE_PROMPT: usize = 16;
+
+pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    println!(
+        "| threads | measurement | tokens/s | fraction of ceiling | notes |\n|---|---|---|---|---|"
+    );
+    for &threads in &args.threads {
+        let backend = CpuBackend::new(threads).context("thread pool")?;
+        let bandwidth = linalg::measure_read_bandwidth(
+            backend.pool(),
+            args.bandwidth_mib << 20,
+            args.repeat.max(2),
+        );
+        let model = Model::load(&args.model, backend)?;
+        let step_bytes = model.decode_bytes_per_step() as f64;
+        let dtype = model.weight_dtype();
+        let gemm = gemm_peak(&model, args.prompt_tokens, args.repeat);
+        let mut engine = Engine::new(model, engine_config(&args))?;
+        println!(
+            "| {threads} | memory read bandwidth | | | {:.2} GB/s; {:.1} MB of {dtype} weights per decode step; matmul peak {:.1} GFLOP/s at m={} |",
+            bandwidth / 1e9,
+            step_bytes / 1e6,
+            gemm / 1e9,
+            args.prompt_tokens
+        );
+        for &batch in &args.batch {
+            let rate = decode_rate(&mut engine, batch, args.decode_steps, args.repeat)?;
+            let ceiling = bandwidth / step_bytes;
+            let fraction = rate / batch as f64 / ceiling;
+            println!(
+                "| {threads} | decode batch {batch} | {rate:.1} | {fraction:.3} | {:.2} GB/s effective weight reads (ceiling {ceiling:.1} steps/s) |",
+                step_bytes * rate / batch as f64 / 1e9,
+            );
+            results.push(json!({"threads": threads, "kind": "decode", "batch": batch, "tokens_per_s": rate,
+                "bandwidth_fraction": fraction, "bandwidth_bytes_per_s": bandwidth, "step_bytes": step_bytes}));
+        }
+        let (rate, flops) = prefill_rate(&mut engine, args.prompt_tokens, args.repeat)?;
+        println!(
+            "| {threads} | prefill {} tokens | {rate:.1} | {:.3} | {:.1} GFLOP/s vs matmul peak {:.1} |",
+            args.prompt_tokens,
+            flops / gemm,
+            flops / 1e9,
+            gemm / 1e9
+        );
+        results.push(
+            json!({"threads": threads, "kind": "prefill", "prompt_tokens": args.prompt_tokens,
+            "tokens_per_s": rate, "gflops": flops / 1e9, "matmul_peak_gflops": gemm / 1e9}),
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
+}
+
+fn engine_config(args: &BenchEngineArgs) -> EngineConfig {
+    let max_batch = args.batch.iter().copied().max().unwrap_or(1);
+    EngineConfig {
+        max_batch_tokens: args.prompt_tokens.max(max_batch * DECODE_PROMPT),
+        max_prefill_chunk: args.prompt_tokens,
+        max_running: max_batch,
+        kv_cache_bytes: 1 << 30,
+        ..EngineConfig::default()
+    }
+}
+
+/// Distinct prompts so that the prefix cache cannot short-cut anything.
+fn prompt(seed: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((seed * 7919 + i * 104_729 + 13) % (vocab - 3)) as u32)
+        .collect()
+}
+
+/// Aggregate decode tokens/s with `batch` sequences running, best of `repeat`.
+fn decode_rate(
+    engine: &mut Engine<CpuBackend>,
+    batch: usize,
+    steps: usize,
+    repeat: usize,
+) -> anyhow::Result<f64> {
+    let vocab = engine.model().config().vocab_size;
+    let mut best = Duration::MAX;
+    for r in 0..repeat.max(1) {
+        let ids: Vec<u64> = (0..batch)
+            .map(|s| {
+                let p = prompt(r * 1000 + s, DECODE_PROMPT, vocab);
+                engine.add(SequenceRequest::generate(
+                    p,
+                    SamplingParams::greedy(),
+                    steps + 2,
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        // Prefill every sequence (and take one decode step to settle) before timing.
+        let mut started = 0;
+        while started < batch {
+            started += engine
+                .step()
+                .iter()
+                .filter(|e| matches!(e, SeqEvent::Token { .. }))
+                .count();
+        }
+        engine.step();
+        let t = Instant::now();
+        for _ in 0..steps {
+            engine.step();
+        }
+        best = best.min(t.elapsed());
+        for id in ids {
+            engine.cancel(id);
+        }
+    }
+    Ok((batch * steps) as f64 / best.as_secs_f64())
+}
+
+/// Prefill tokens/s and FLOP/s for one `len`-token prompt processed in one step.
+fn prefill_rate(
+    engine: &mut Engine<CpuBackend>,
+    len: usize,
+    repeat: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let c = engine.model().config().clone();
+    let vocab = c.vocab_size;
+    let mut best = Duration::MAX;
+    for r in 0..repeat.max(1) {
+        let id = engine.add(SequenceRequest::generate(
+            prompt(50_000 + r, len, vocab),
+            SamplingParams::greedy(),
+            1,
+        ))?;
+        let t = Instant::now();
+        engine.step();
+        best = best.min(t.elapsed());
+        engine.cancel(id);
+    }
+    // Matmul FLOPs (2 per multiply-add) of every projection for `len` rows, plus attention's
+    // two causal products, plus the output projection of the last row.
+    let kv = c.num_kv_heads * c.head_dim;
+    let per_token = c.num_layers
+        * (c.hidden_size * (c.num_heads * c.head_dim + 2 * kv)
+            + c.num_heads * c.head_dim * c.hidden_size
+            + 3 * c.hidden_size * c.intermediate_size);
+    let attention = c.num_layers * c.num_heads * c.head_dim * len * (len + 1);
+    let flops = 2.0 * (per_token * len + attention) as f64 + 2.0 * (vocab * c.hidden_size) as f64;
+    let secs = best.as_secs_f64();
+    Ok((len as f64 / secs, flops / secs))
+}
+
+/// FLOP/s of the backend's matmul on a `[m, hidden] × [intermediate, hidden]ᵀ` f32 product.
+fn gemm_peak(model: &Model<CpuBackend>, m: usize, repeat: usize) -> f64 {
+    let c = model.config();
+    let (k, n) = (c.hidden_size, 2 * c.intermediate_size);
+    let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+    let mut out = vec![0.0; m * n];
+    let pool = model.backend().pool();
+    let mut best = Duration::MAX;
+    for _ in 0..repeat.max(2) {
+        let t = Instant::now();
+        linalg::matmul_t(
+            pool,
+            &x,
+            m,
+            k,
+            linalg::WeightRef::F32(&w),
+            n,
+            None,
+            &mut out,
+        );
+        best = best.min(t.elapsed());
+    }
+    2.0 * (m * k * n) as f64 / best.as_secs_f64()
+}
