@@ -1,0 +1,73 @@
+//! Engine-level benches on the tiny-llama fixture: one decode step at several batch sizes,
+//! sampling over a 128k vocabulary, and KV block bookkeeping.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use helixflow_kernels::backend::cpu::CpuBackend;
+use helixflow_kernels::engine::{Engine, EngineConfig, SequenceRequest};
+use helixflow_kernels::kv_cache::BlockManager;
+use helixflow_kernels::model::Model;
+use helixflow_kernels::sampler::{SamplingParams, SequenceSampler};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama")
+}
+
+fn decode_step(c: &mut Criterion) {
+    for batch in [1usize, 16] {
+        let model = Model::load(&fixture(), CpuBackend::new(1).expect("pool")).expect("fixture");
+        let mut engine = Engine::new(model, EngineConfig::default()).expect("engine");
+        for s in 0..batch {
+            let prompt: Vec<u32> = (0..16).map(|i| ((s * 31 + i * 7) % 500) as u32).collect();
+            engine
+                .add(SequenceRequest::generate(
+                    prompt,
+                    SamplingParams::greedy(),
+                    400,
+                ))
+                .expect("request");
+        }
+        engine.step();
+        c.bench_function(
+            &format!("engine/decode_step/tiny-llama/batch{batch}"),
+            |b| b.iter(|| black_box(engine.step())),
+        );
+    }
+}
+
+fn sampling(c: &mut Criterion) {
+    let logits = helixflow_benches::values(128 * 1024, 3);
+    let mut greedy = SequenceSampler::new(SamplingParams::greedy(), &[], 0);
+    c.bench_function("sampler/greedy/128k", |b| {
+        b.iter(|| black_box(greedy.sample(&logits)))
+    });
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        top_k: 50,
+        seed: Some(1),
+        logprobs: Some(5),
+        ..SamplingParams::default()
+    };
+    let mut nucleus = SequenceSampler::new(params, &[], 0);
+    c.bench_function("sampler/top_p_top_k_logprobs/128k", |b| {
+        b.iter(|| black_box(nucleus.sample(&logits)))
+    });
+}
+
+fn kv_blocks(c: &mut Criterion) {
+    let prompt: Vec<u32> = (0..512).collect();
+    c.bench_function("kv_cache/allocate_commit_free/512_tokens", |b| {
+        let mut blocks = BlockManager::new(4096, 16).expect("manager");
+        b.iter(|| {
+            let (mut table, _) = blocks.allocate(&prompt).expect("room");
+            blocks.commit(&mut table, &prompt);
+            blocks.free(table);
+        })
+    });
+}
+
+criterion_group!(benches, decode_step, sampling, kv_blocks);
+criterion_main!(benches);

@@ -1,0 +1,160 @@
+//! Criterion benches: prefill (m = 512) `matmul_t` against the `gemm` crate on the model's
+//! shapes, and decode GEMV throughput in bytes/s next to `measure_read_bandwidth`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use half::f16;
+use helixflow_kernels::backend::cpu::linalg::{WeightRef, matmul_t, measure_read_bandwidth};
+
+/// (n, k) of one layer's linear maps: fused q/k/v, o, fused gate/up, down.
+const LAYER: [(usize, usize); 4] = [(1536, 1024), (1024, 1024), (5632, 1024), (1024, 2816)];
+
+fn values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 - 1000.0) * 1e-3)
+        .collect()
+}
+
+fn pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("thread pool")
+}
+
+fn gemm_peer(
+    pool: &rayon::ThreadPool,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    pool.install(|| {
+        // SAFETY: x is m×k (row stride k), w is n×k read as wᵀ (column stride k), out is m×n.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(pool.current_num_threads()),
+            )
+        }
+    });
+}
+
+fn prefill(c: &mut Criterion) {
+    let pool = pool();
+    let m = 512;
+    let mut group = c.benchmark_group("prefill_m512");
+    group.sample_size(10);
+    for &(n, k) in &LAYER {
+        let x = values(m * k, 1);
+        let w = values(n * k, 2);
+        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_function(format!("matmul_t_f32/{n}x{k}"), |b| {
+            b.iter(|| {
+                matmul_t(
+                    &pool,
+                    &x,
+                    m,
+                    k,
+                    WeightRef::F32(&w),
+                    n,
+                    None,
+                    black_box(&mut out),
+                )
+            })
+        });
+        group.bench_function(format!("matmul_t_f16/{n}x{k}"), |b| {
+            b.iter(|| {
+                matmul_t(
+                    &pool,
+                    &x,
+                    m,
+                    k,
+                    WeightRef::F16(&w16),
+                    n,
+                    None,
+                    black_box(&mut out),
+                )
+            })
+        });
+        group.bench_function(format!("gemm_crate_f32/{n}x{k}"), |b| {
+            b.iter(|| gemm_peer(&pool, &x, m, k, &w, n, black_box(&mut out)))
+        });
+    }
+    group.finish();
+}
+
+fn gemv(c: &mut Criterion) {
+    let pool = pool();
+    // A stack of f16 layers ≫ the last-level cache, so every call streams from DRAM.
+    let layers = 24;
+    let stack: Vec<(Vec<f16>, usize, usize)> = (0..layers)
+        .flat_map(|_| LAYER.iter().copied())
+        .enumerate()
+        .map(|(s, (n, k))| {
+            (
+                values(n * k, s).into_iter().map(f16::from_f32).collect(),
+                n,
+                k,
+            )
+        })
+        .collect();
+    let bytes: usize = stack.iter().map(|(w, _, _)| w.len() * 2).sum();
+    let bw = measure_read_bandwidth(&pool, bytes, 5);
+    eprintln!(
+        "measure_read_bandwidth (2 threads, {} MiB): {:.2} GB/s",
+        bytes >> 20,
+        bw / 1e9
+    );
+    let x = values(2816, 3);
+    let mut out = vec![0.0f32; 5632];
+    let mut group = c.benchmark_group("gemv_m1");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("f16_layer_stack", |b| {
+        b.iter(|| {
+            for (w, n, k) in &stack {
+                matmul_t(
+                    &pool,
+                    &x[..*k],
+                    1,
+                    *k,
+                    WeightRef::F16(w),
+                    *n,
+                    None,
+                    &mut out[..*n],
+                );
+            }
+            black_box(&out);
+        })
+    });
+    group.bench_function("read_bandwidth_probe", |b| {
+        b.iter(|| black_box(measure_read_bandwidth(&pool, 64 << 20, 1)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, prefill, gemv);
+criterion_main!(benches);
