@@ -5,23 +5,11 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
+use helixflow_benches::{pool, values};
 use helixflow_kernels::backend::cpu::linalg::{WeightRef, matmul_t, measure_read_bandwidth};
 
 /// (n, k) of one layer's linear maps: fused q/k/v, o, fused gate/up, down.
 const LAYER: [(usize, usize); 4] = [(1536, 1024), (1024, 1024), (5632, 1024), (1024, 2816)];
-
-fn values(len: usize, seed: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 - 1000.0) * 1e-3)
-        .collect()
-}
-
-fn pool() -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .expect("thread pool")
-}
 
 fn gemm_peer(
     pool: &rayon::ThreadPool,
@@ -61,7 +49,7 @@ fn gemm_peer(
 }
 
 fn prefill(c: &mut Criterion) {
-    let pool = pool();
+    let pool = pool(2);
     let m = 512;
     let mut group = c.benchmark_group("prefill_m512");
     group.sample_size(10);
@@ -107,7 +95,7 @@ fn prefill(c: &mut Criterion) {
 }
 
 fn gemv(c: &mut Criterion) {
-    let pool = pool();
+    let pool = pool(2);
     // A stack of f16 layers ≫ the last-level cache, so every call streams from DRAM.
     let layers = 24;
     let stack: Vec<(Vec<f16>, usize, usize)> = (0..layers)
