@@ -1,0 +1,434 @@
+//! The cluster file (`cluster-configs/*.toml`): parsed into [`raw::RawConfig`], then checked once
+//! into a [`ClusterConfig`] whose values are known good. Relative paths in the file are relative
+//! to the file's own folder, so a config works from any working directory.
+//!
+//! ```toml
+//! [cluster]
+//! name = "single"
+//!
+//! [[nodes]]
+//! id = 1
+//! region = "local"
+//! http_addr = "127.0.0.1:8080"
+//! data_dir = "data/node-1"
+//! devices = [{ kind = "cpu", threads = 2 }]
+//!
+//! [[models]]
+//! id = "tiny-llama"
+//! path = "../tests/fixtures/tiny-llama"
+//! aliases = ["tiny"]
+//!
+//! [[keys]]
+//! name = "admin"
+//! sha256 = "…"            # `helixflow keys new` prints a key and this line
+//! role = "admin"
+//! requests_per_minute = 600
+//! tokens_per_minute = 1000000
+//! ```
+
+mod error;
+pub mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ConfigError;
+use raw::{RawConfig, RawDevice, RawKey, RawLimits, RawModel, RawNode};
+
+use crate::keys::KeyHash;
+
+/// A node's id, unique in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u64);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node-{}", self.0)
+    }
+}
+
+/// A validated cluster file.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub nodes: Vec<NodeConfig>,
+    pub models: Vec<ModelConfig>,
+    pub keys: Vec<KeyConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub region: String,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// A compute device of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// The CPU, with this many compute threads.
+    Cpu { threads: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// The name clients use (`"model": "…"`).
+    pub id: String,
+    /// Folder in the HuggingFace layout.
+    pub path: PathBuf,
+    /// Other names that resolve to this model.
+    pub aliases: Vec<String>,
+    /// Longest prompt + completion served; `None` = the model's own `max_position_embeddings`.
+    pub context_window: Option<usize>,
+    pub kv_cache_bytes: usize,
+    pub max_batch_tokens: usize,
+    pub max_running: usize,
+}
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Inference and the admin API.
+    Admin,
+    /// Inference only.
+    User,
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyConfig {
+    /// Shown in usage records and metrics; never the key itself.
+    pub name: String,
+    pub hash: KeyHash,
+    pub role: Role,
+    /// `None` = unlimited.
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    /// Prompt + completion tokens this key may use in all, ever (the ledger keeps count).
+    pub token_budget: Option<u64>,
+    /// Requests of this key waiting for a worker at most before new ones get 429.
+    pub max_queued: usize,
+}
+
+/// Node-wide admission and lifecycle limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Requests waiting for a worker at most before new ones get 503.
+    pub max_queue: usize,
+    /// Largest HTTP request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// A worker with queued work and no step for this long is restarted.
+    pub stall_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_queue: 1024,
+            max_body_bytes: 4 << 20,
+            shutdown_grace: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+const DEFAULT_KV_CACHE_MIB: usize = 512;
+const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+const DEFAULT_MAX_RUNNING: usize = 256;
+const DEFAULT_MAX_QUEUED_PER_KEY: usize = 256;
+
+impl ClusterConfig {
+    /// Reads and validates the cluster file at `path`.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        ClusterConfig::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(text: &str, path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Validator { path }.config(raw)
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(
+        &self,
+        field: impl Into<String>,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field: field.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn resolve(&self, relative: &str) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        base.join(relative)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<ClusterConfig, ConfigError> {
+        if raw.cluster.name.trim().is_empty() {
+            return Err(self.invalid("cluster.name", "\"\"", "must not be empty"));
+        }
+        if raw.nodes.is_empty() {
+            return Err(self.invalid("nodes", "[]", "at least one [[nodes]] entry is needed"));
+        }
+        let mut node_ids = BTreeSet::new();
+        let mut nodes = Vec::new();
+        for (i, node) in raw.nodes.into_iter().enumerate() {
+            let node = self.node(i, node)?;
+            if !node_ids.insert(node.id) {
+                return Err(self.invalid(format!("nodes[{i}].id"), node.id.0, "used by two nodes"));
+            }
+            nodes.push(node);
+        }
+        if raw.models.is_empty() {
+            return Err(self.invalid("models", "[]", "at least one [[models]] entry is needed"));
+        }
+        let mut names = BTreeMap::new();
+        let mut models = Vec::new();
+        for (i, model) in raw.models.into_iter().enumerate() {
+            let model = self.model(i, model)?;
+            for (field, name) in std::iter::once(("id", &model.id))
+                .chain(model.aliases.iter().map(|a| ("aliases", a)))
+            {
+                if let Some(other) = names.insert(name.clone(), i) {
+                    return Err(self.invalid(
+                        format!("models[{i}].{field}"),
+                        format!("{name:?}"),
+                        format!("already names models[{other}]"),
+                    ));
+                }
+            }
+            models.push(model);
+        }
+        let mut key_names = BTreeSet::new();
+        let mut keys = Vec::new();
+        for (i, key) in raw.keys.into_iter().enumerate() {
+            let key = self.key(i, key)?;
+            if !key_names.insert(key.name.clone()) {
+                return Err(self.invalid(
+                    format!("keys[{i}].name"),
+                    format!("{:?}", key.name),
+                    "used by two keys",
+                ));
+            }
+            if keys.iter().any(|k: &KeyConfig| k.hash == key.hash) {
+                return Err(self.invalid(
+                    format!("keys[{i}].sha256"),
+                    key.hash,
+                    "the same key is listed twice",
+                ));
+            }
+            keys.push(key);
+        }
+        Ok(ClusterConfig {
+            name: raw.cluster.name,
+            nodes,
+            models,
+            keys,
+            limits: self.limits(raw.limits)?,
+        })
+    }
+
+    fn node(&self, i: usize, raw: RawNode) -> Result<NodeConfig, ConfigError> {
+        let field = |f: &str| format!("nodes[{i}].{f}");
+        let http_addr = raw.http_addr.parse().map_err(|_| {
+            self.invalid(
+                field("http_addr"),
+                format!("{:?}", raw.http_addr),
+                "expected IP:PORT, e.g. \"127.0.0.1:8080\"",
+            )
+        })?;
+        if raw.data_dir.trim().is_empty() {
+            return Err(self.invalid(field("data_dir"), "\"\"", "must not be empty"));
+        }
+        let mut devices = Vec::new();
+        for (d, device) in raw.devices.into_iter().enumerate() {
+            devices.push(self.device(&format!("nodes[{i}].devices[{d}]"), device)?);
+        }
+        if devices.is_empty() {
+            devices.push(DeviceConfig::Cpu {
+                threads: default_threads(),
+            });
+        }
+        Ok(NodeConfig {
+            id: NodeId(raw.id),
+            region: raw.region.unwrap_or_else(|| "default".to_owned()),
+            http_addr,
+            data_dir: self.resolve(&raw.data_dir),
+            devices,
+        })
+    }
+
+    fn device(&self, field: &str, raw: RawDevice) -> Result<DeviceConfig, ConfigError> {
+        match raw.kind.as_str() {
+            "cpu" => {
+                let threads = match raw.threads {
+                    None => default_threads(),
+                    Some(0) => {
+                        return Err(self.invalid(
+                            format!("{field}.threads"),
+                            0,
+                            "must be at least 1",
+                        ));
+                    }
+                    Some(t) => t,
+                };
+                Ok(DeviceConfig::Cpu { threads })
+            }
+            other => Err(self.invalid(
+                format!("{field}.kind"),
+                format!("{other:?}"),
+                "this build serves \"cpu\" devices (CUDA and ROCm come with their backends)",
+            )),
+        }
+    }
+
+    fn model(&self, i: usize, raw: RawModel) -> Result<ModelConfig, ConfigError> {
+        let field = |f: &str| format!("models[{i}].{f}");
+        check_name(&raw.id)
+            .map_err(|reason| self.invalid(field("id"), format!("{:?}", raw.id), reason))?;
+        for alias in &raw.aliases {
+            check_name(alias)
+                .map_err(|reason| self.invalid(field("aliases"), format!("{alias:?}"), reason))?;
+        }
+        let positive = |name: &str, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(self.invalid(field(name), 0, "must be at least 1")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        if raw.context_window == Some(0) {
+            return Err(self.invalid(field("context_window"), 0, "must be at least 1"));
+        }
+        let kv_cache_mib = positive("kv_cache_mib", raw.kv_cache_mib, DEFAULT_KV_CACHE_MIB)?;
+        Ok(ModelConfig {
+            path: self.resolve(&raw.path),
+            aliases: raw.aliases,
+            context_window: raw.context_window,
+            kv_cache_bytes: kv_cache_mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| self.invalid(field("kv_cache_mib"), kv_cache_mib, "too large"))?,
+            max_batch_tokens: positive(
+                "max_batch_tokens",
+                raw.max_batch_tokens,
+                DEFAULT_MAX_BATCH_TOKENS,
+            )?,
+            max_running: positive("max_running", raw.max_running, DEFAULT_MAX_RUNNING)?,
+            id: raw.id,
+        })
+    }
+
+    fn key(&self, i: usize, raw: RawKey) -> Result<KeyConfig, ConfigError> {
+        let field = |f: &str| format!("keys[{i}].{f}");
+        if raw.name.trim().is_empty() {
+            return Err(self.invalid(field("name"), "\"\"", "must not be empty"));
+        }
+        let hash = KeyHash::from_hex(&raw.sha256).ok_or_else(|| {
+            self.invalid(
+                field("sha256"),
+                format!("{:?}", raw.sha256),
+                "expected the 64 hex digits of the key's SHA-256 (`helixflow keys new` prints one)",
+            )
+        })?;
+        let role = match raw.role.as_deref() {
+            None | Some("user") => Role::User,
+            Some("admin") => Role::Admin,
+            Some(other) => {
+                return Err(self.invalid(
+                    field("role"),
+                    format!("{other:?}"),
+                    "expected \"admin\" or \"user\"",
+                ));
+            }
+        };
+        for (name, value) in [
+            ("requests_per_minute", raw.requests_per_minute),
+            ("tokens_per_minute", raw.tokens_per_minute),
+        ] {
+            if value == Some(0) {
+                return Err(self.invalid(
+                    field(name),
+                    0,
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        let max_queued = match raw.max_queued {
+            Some(0) => return Err(self.invalid(field("max_queued"), 0, "must be at least 1")),
+            Some(v) => v,
+            None => DEFAULT_MAX_QUEUED_PER_KEY,
+        };
+        Ok(KeyConfig {
+            name: raw.name,
+            hash,
+            role,
+            requests_per_minute: raw.requests_per_minute,
+            tokens_per_minute: raw.tokens_per_minute,
+            token_budget: raw.token_budget,
+            max_queued,
+        })
+    }
+
+    fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let nonzero = |name: &str, value: Option<u64>| match value {
+            Some(0) => Err(self.invalid(format!("limits.{name}"), 0, "must be at least 1")),
+            other => Ok(other),
+        };
+        Ok(Limits {
+            max_queue: nonzero("max_queue", raw.max_queue.map(|v| v as u64))?
+                .map_or(defaults.max_queue, |v| v as usize),
+            max_body_bytes: nonzero("max_body_bytes", raw.max_body_bytes.map(|v| v as u64))?
+                .map_or(defaults.max_body_bytes, |v| v as usize),
+            shutdown_grace: raw
+                .shutdown_grace_secs
+                .map_or(defaults.shutdown_grace, Duration::from_secs),
+            stall_timeout: nonzero("stall_timeout_secs", raw.stall_timeout_secs)?
+                .map_or(defaults.stall_timeout, Duration::from_secs),
+        })
+    }
+}
+
+/// Model ids and aliases go into URLs and JSON: printable, no spaces or slashes-only names.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 256 {
+        return Err("must be 1 to 256 characters");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters");
+    }
+    Ok(())
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,35 @@
+//! Names of the metrics a node exports on `/metrics`, in one place so that dashboards, tests and
+//! the code that records them agree.
+
+/// Histogram, seconds: request arrival to the first generated token.
+pub const TIME_TO_FIRST_TOKEN: &str = "helixflow_time_to_first_token_seconds";
+/// Histogram, seconds: between consecutive tokens of one choice.
+pub const INTER_TOKEN_LATENCY: &str = "helixflow_inter_token_latency_seconds";
+/// Histogram, seconds: request arrival to its last byte.
+pub const END_TO_END_LATENCY: &str = "helixflow_request_duration_seconds";
+/// Counter: finished requests, labelled `endpoint` and `status`.
+pub const REQUESTS: &str = "helixflow_requests_total";
+/// Gauge: requests admitted but not yet given to a worker.
+pub const QUEUE_DEPTH: &str = "helixflow_queue_depth";
+/// Gauge, labelled `model`: sequences in the worker's running batch.
+pub const RUNNING_SEQUENCES: &str = "helixflow_running_sequences";
+/// Gauge, labelled `model`: sequences the worker's engine holds but has not started.
+pub const WAITING_SEQUENCES: &str = "helixflow_waiting_sequences";
+/// Gauge, labelled `model`: KV-cache blocks held by sequences.
+pub const KV_BLOCKS_USED: &str = "helixflow_kv_cache_blocks_used";
+/// Gauge, labelled `model`: KV-cache blocks in all.
+pub const KV_BLOCKS_TOTAL: &str = "helixflow_kv_cache_blocks_total";
+/// Gauge, labelled `model`: fraction of the KV cache held by sequences, 0..=1.
+pub const KV_CACHE_USAGE: &str = "helixflow_kv_cache_usage_ratio";
+/// Counter, labelled `model`: prompt tokens of answered requests.
+pub const PROMPT_TOKENS: &str = "helixflow_prompt_tokens_total";
+/// Counter, labelled `model`: generated tokens of answered requests.
+pub const COMPLETION_TOKENS: &str = "helixflow_completion_tokens_total";
+/// Counter, labelled `key` and `model`: requests answered per API key.
+pub const KEY_REQUESTS: &str = "helixflow_key_requests_total";
+/// Counter, labelled `key` and `model`: prompt + completion tokens per API key.
+pub const KEY_TOKENS: &str = "helixflow_key_tokens_total";
+/// Counter, labelled `key` and `reason`: requests refused by the key's limits.
+pub const KEY_REJECTIONS: &str = "helixflow_key_rejections_total";
+/// Counter, labelled `model`: engine workers restarted after a panic or a stall.
+pub const WORKER_RESTARTS: &str = "helixflow_worker_restarts_total";
