@@ -1,5 +1,8 @@
-//! Shared helpers for HelixFlow's criterion benches (`cargo bench -p helixflow-benches`).
-//! The end-to-end engine measurement is `helixflow bench-engine`; these benches isolate parts.
+//! Shared helpers for HelixFlow's criterion benches (`cargo bench -p helixflow-benches`), and
+//! the HTTP load generator behind `helixflow bench` ([`load`]). The end-to-end engine
+//! measurement is `helixflow bench-engine`; the criterion benches isolate parts.
+
+pub mod load;
 
 /// Deterministic values in [-1, 1) for bench inputs.
 pub fn values(len: usize, seed: usize) -> Vec<f32> {

@@ -18,6 +18,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start a local node serving a demo model (written on first run; nothing is downloaded).
+    Up(UpArgs),
+    /// Run one node of a cluster config, serving the OpenAI API.
+    Node(NodeArgs),
+    /// Make API keys and their config entries.
+    Keys(KeysArgs),
+    /// Load-test a running node over its OpenAI API: TTFT, inter-token latency, throughput.
+    Bench(helixflow_benches::load::LoadArgs),
     /// Generate text from a model directory, like llama-cli.
     Run(RunArgs),
     /// Write a random-weight model in the HuggingFace layout (no download needed).
@@ -134,6 +142,51 @@ pub struct BenchEngineArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the demo model, key, config and ledger live.
+    #[arg(long, default_value = ".helixflow/up")]
+    pub data_dir: PathBuf,
+    /// Address to serve on (written into the config on first run).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Cluster config (see cluster-configs/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Which of the config's nodes this is (needed when it lists several).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Serve on this address instead of the config's (port 0 picks a free port).
+    #[arg(long)]
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Keep state here instead of the config's data_dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random key and the [[keys]] entry that admits it.
+    New {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+        role: String,
+    },
+    /// Print the SHA-256 of a key, as the config's `sha256` field wants it.
+    Hash { key: String },
+}
+
 fn parse_arch(s: &str) -> Result<Architecture, String> {
     s.parse()
 }
@@ -145,6 +198,10 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Up(args) => commands::up::run(args),
+        Command::Node(args) => commands::node::run(args),
+        Command::Keys(args) => commands::keys::run(args),
+        Command::Bench(args) => helixflow_benches::load::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::GenModel(args) => commands::gen_model::run(args),
         Command::BenchEngine(args) => commands::bench_engine::run(args),

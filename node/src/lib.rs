@@ -1,6 +1,8 @@
-//! The `helixflow` node: command-line tools around the engine (and, as the node grows, its
-//! bootstrap and HTTP API). Library code here only wires crates together; decisions live in
-//! `helixflow-kernels` and the crates beside it.
+//! The `helixflow` node: the command line, the HTTP API and the wiring that starts a node from a
+//! cluster config. Decisions live in the crates beside it: the engine in `helixflow-kernels`,
+//! admission, quotas and workers in `helixflow-actors`, config in `helixflow-runtime`.
 
+pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod server;

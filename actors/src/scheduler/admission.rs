@@ -319,7 +319,10 @@ impl<T> Admission<T> {
                     continue;
                 };
                 let key = self.order.remove(i).expect("index is in range");
-                let queue = self.queues.get_mut(&key).expect("head came from this queue");
+                let queue = self
+                    .queues
+                    .get_mut(&key)
+                    .expect("head came from this queue");
                 let entry = queue.pop_front().expect("head was Some");
                 if queue.is_empty() {
                     self.queues.remove(&key);

@@ -1,0 +1,24 @@
+//! The OpenAI-compatible endpoints. `params` turns the fields chat and completions share into
+//! engine settings; `generate` runs a generation and shapes its answer (one JSON object or an SSE
+//! stream); the endpoint files hold their wire types and handlers.
+
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+pub mod generate;
+pub mod models;
+pub mod params;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, for `created` fields.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `prefix-<hex>`: a response id unique on this node.
+pub fn response_id(prefix: &str, ticket: u64) -> String {
+    format!("{prefix}-{:x}{:08x}", unix_now(), ticket)
+}
