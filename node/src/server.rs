@@ -88,6 +88,7 @@ pub async fn run(
         metrics,
         max_body_bytes: config.limits.max_body_bytes,
         draining: draining.clone(),
+        fault_injection: config.limits.fault_injection,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

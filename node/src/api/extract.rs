@@ -58,8 +58,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     };
     if let Some(field) = quoted_after(&message, "unknown field `") {
+        // The path already ends at the unknown field.
+        let param = if path.ends_with(field) {
+            path.clone()
+        } else {
+            join(field)
+        };
         return Err(ApiError::invalid(
-            join(field),
+            param,
             format!("Unrecognized request argument supplied: {field}"),
         ));
     }

@@ -4,6 +4,7 @@
 //! [`InferenceRequest`](helixflow_actors::InferenceRequest) and hand it to the node's actors
 //! through a [`NodeHandle`]. Every error leaves through [`error::ApiError`].
 
+pub mod admin;
 pub mod catalog;
 pub mod error;
 pub mod extract;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Set when shutdown begins: `/ready` fails and new requests get 503.
     pub draining: Arc<AtomicBool>,
+    /// Whether `POST /admin/v1/fault` is enabled (config `limits.fault_injection`).
+    pub fault_injection: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions::create))
         .route("/v1/embeddings", post(openai::embeddings::create))
         .route("/v1/usage", get(ops::usage))
+        .route("/admin/v1/fault", post(admin::fault))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -127,6 +127,8 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// A worker with queued work and no step for this long is restarted.
     pub stall_timeout: Duration,
+    /// Admins may make workers fail on purpose (`POST /admin/v1/fault`), for chaos tests.
+    pub fault_injection: bool,
 }
 
 impl Default for Limits {
@@ -136,6 +138,7 @@ impl Default for Limits {
             max_body_bytes: 4 << 20,
             shutdown_grace: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
+            fault_injection: false,
         }
     }
 }
@@ -414,6 +417,7 @@ impl Validator<'_> {
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
             stall_timeout: nonzero("stall_timeout_secs", raw.stall_timeout_secs)?
                 .map_or(defaults.stall_timeout, Duration::from_secs),
+            fault_injection: raw.fault_injection.unwrap_or(false),
         })
     }
 }

@@ -88,4 +88,6 @@ pub struct RawLimits {
     pub shutdown_grace_secs: Option<u64>,
     #[serde(default)]
     pub stall_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub fault_injection: Option<bool>,
 }
