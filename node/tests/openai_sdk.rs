@@ -1,0 +1,58 @@
+//! The official OpenAI Python SDK as the client of a real node: `tests/python/test_openai_sdk.py`
+//! run in a virtual environment (`target/openai-venv`, made here on first use, with the pinned
+//! SDK from PyPI; `.ci/run` makes it up front).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{KEY, Node, config, fixture_dir};
+
+/// The SDK version the test is pinned to.
+const OPENAI_SDK: &str = "openai==3.54.0";
+
+fn venv() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::var_os("HELIXFLOW_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/openai-venv"));
+    let python = dir.join("bin/python");
+    let has_sdk = python.is_file()
+        && Command::new(&python)
+            .args(["-c", "import openai"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_sdk {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .expect("python3 is needed for the OpenAI SDK test");
+        assert!(status.success(), "python3 -m venv {}", dir.display());
+        let status = Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", OPENAI_SDK])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pip install {OPENAI_SDK}");
+    }
+    python
+}
+
+#[test]
+fn the_official_openai_python_sdk_works_against_a_node() {
+    let python = venv();
+    let node = Node::start(&config("", ""));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/test_openai_sdk.py");
+    let output = Command::new(python)
+        .arg(script)
+        .env("HF_BASE_URL", &node.url)
+        .env("HF_KEY", KEY)
+        .env("HF_REFERENCE", fixture_dir().join("reference.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
