@@ -57,7 +57,7 @@ pub struct GpuWorkerState {
 
 pub enum GpuWorkerMsg {
     /// Start computing a request; its events go to the sink.
-    Submit(InferenceRequest, EventSink),
+    Submit(Box<InferenceRequest>, EventSink),
     /// Drop a request and free its KV blocks.
     Cancel(Ticket),
     /// Periodic liveness check of the engine thread.

@@ -18,7 +18,7 @@ use crate::request::{EventSink, InferenceEvent, InferenceRequest, Ticket};
 
 /// What the worker actor tells its engine thread.
 pub enum WorkerCommand {
-    Submit(InferenceRequest, EventSink),
+    Submit(Box<InferenceRequest>, EventSink),
     Cancel(Ticket),
     /// Deliberate failure, for testing the supervision tree.
     Fault(Fault),

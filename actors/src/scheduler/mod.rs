@@ -184,7 +184,7 @@ impl SchedulerState {
             let sent = self
                 .workers
                 .get(&worker)
-                .is_some_and(|w| w.cast(GpuWorkerMsg::Submit(request, sink)).is_ok());
+                .is_some_and(|w| w.cast(GpuWorkerMsg::Submit(Box::new(request), sink)).is_ok());
             if !sent {
                 // The worker's mailbox is closed: it is dying and its supervisor will report it
                 // down, which re-queues this request with the others.
