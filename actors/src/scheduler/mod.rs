@@ -181,10 +181,10 @@ impl SchedulerState {
             let sink = EventSink::new(entry.payload.events.clone());
             let request = entry.payload.request.clone();
             self.sinks.insert(ticket, sink.clone());
-            let sent = self
-                .workers
-                .get(&worker)
-                .is_some_and(|w| w.cast(GpuWorkerMsg::Submit(Box::new(request), sink)).is_ok());
+            let sent = self.workers.get(&worker).is_some_and(|w| {
+                w.cast(GpuWorkerMsg::Submit(Box::new(request), sink))
+                    .is_ok()
+            });
             if !sent {
                 // The worker's mailbox is closed: it is dying and its supervisor will report it
                 // down, which re-queues this request with the others.

@@ -270,3 +270,13 @@ pub fn stream_texts(events: &[String]) -> Vec<String> {
     }
     texts
 }
+
+/// Kills the process when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
