@@ -17,6 +17,7 @@ use anyhow::{Context, anyhow};
 use helixflow_actors::{NodeSpec, NodeSupervisorActor};
 use helixflow_runtime::config::{ClusterConfig, NodeId};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -98,6 +99,13 @@ pub async fn run(
     let stopping = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
+    // back until the client's (delayed) ACK, adding up to 40 ms per token.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown({
         let draining = draining.clone();
         let stop = stopping(stop_rx.clone());
