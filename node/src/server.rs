@@ -14,10 +14,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use axum::serve::ListenerExt;
 use helixflow_actors::{NodeSpec, NodeSupervisorActor};
 use helixflow_runtime::config::{ClusterConfig, NodeId};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
