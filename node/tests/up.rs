@@ -78,7 +78,13 @@ async fn up_writes_a_demo_model_and_serves_it_with_the_printed_key() {
     assert!(curl, "`up` printed a request to paste");
     let (status, body) = chat(&url, &key, "demo-llama").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["usage"]["completion_tokens"], 8);
+    // Random weights may sample EOS early; otherwise the choice runs to max_tokens.
+    let generated = body["usage"]["completion_tokens"].as_u64().unwrap();
+    match body["choices"][0]["finish_reason"].as_str() {
+        Some("length") => assert_eq!(generated, 8),
+        Some("stop") => assert!((1..=8).contains(&generated)),
+        other => panic!("finish_reason {other:?}"),
+    }
     let (status, _) = chat(&url, "hf-not-the-key", "demo-llama").await;
     assert_eq!(status, 401);
     drop(child);

@@ -234,7 +234,6 @@ async fn collect(
             "object": "chat.completion",
             "created": job.created,
             "model": job.model,
-            "system_fingerprint": Value::Null,
             "choices": choices.iter().enumerate().map(|(i, c)| json!({
                 "index": i,
                 "message": {"role": "assistant", "content": c.text, "refusal": Value::Null},
@@ -248,7 +247,6 @@ async fn collect(
             "object": "text_completion",
             "created": job.created,
             "model": job.model,
-            "system_fingerprint": Value::Null,
             "choices": choices.iter_mut().enumerate().map(|(i, c)| {
                 let prefix = echo.get(i / job.n).map(String::as_str).unwrap_or("");
                 c.offset = prefix.len();
@@ -330,20 +328,15 @@ async fn drive_stream(
         first_token: false,
         last_token: None,
     };
-    let usage_field = |chunk: &mut Value| {
-        if job.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-    };
     let chunk = |choices: Value| -> Value {
         match job.shape {
             Shape::Chat => json!({
                 "id": job.id, "object": "chat.completion.chunk", "created": job.created,
-                "model": job.model, "system_fingerprint": Value::Null, "choices": choices,
+                "model": job.model, "choices": choices,
             }),
             Shape::Completion { .. } => json!({
                 "id": job.id, "object": "text_completion", "created": job.created,
-                "model": job.model, "system_fingerprint": Value::Null, "choices": choices,
+                "model": job.model, "choices": choices,
             }),
         }
     };
@@ -362,8 +355,8 @@ async fn drive_stream(
                 None => continue,
             },
         };
-        let mut c = chunk(opening);
-        usage_field(&mut c);
+        // Only the final chunk carries `usage` (the OpenAPI description has no null usage).
+        let c = chunk(opening);
         if tx.send(data(&c)).await.is_err() {
             drop(events);
             let _ = record(&state, &job, prompt_tokens, 0, "cancelled").await;
@@ -445,8 +438,7 @@ async fn drive_stream(
             }
             InferenceEvent::Embedding { .. } => continue,
         };
-        let mut c = chunk(body);
-        usage_field(&mut c);
+        let c = chunk(body);
         if tx.send(data(&c)).await.is_err() {
             outcome = "cancelled";
             break;
