@@ -499,9 +499,9 @@ async fn a_client_that_disconnects_frees_its_kv_blocks() {
         .await
         .unwrap();
     let mut stream = response.bytes_stream();
-    // Read until tokens flow, then check the sequence holds blocks.
+    // Read until tokens flow (past the 16 opening chunks), then check the sequences hold blocks.
     let mut seen = 0;
-    while seen < 3 {
+    while seen < 20 {
         let chunk = stream.next().await.unwrap().unwrap();
         seen += chunk.windows(6).filter(|w| w == b"data: ").count();
     }
@@ -722,7 +722,8 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 200, "ignore_eos": true, "stream": true});
+    // Seconds of work (16 × 480 tokens): SIGTERM arrives mid-generation.
+    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "n": 16, "ignore_eos": true, "stream": true});
     let response = node
         .post("/v1/completions", KEY, &body)
         .send()
@@ -750,7 +751,8 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_engine_is_restarted_and_its_started_requests_fail_retriably() {
     let node = Node::start(&config("", "[limits]\nfault_injection = true"));
-    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "ignore_eos": true, "stream": true});
+    // Seconds of work (16 × 480 tokens): the panic lands mid-generation.
+    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "n": 16, "ignore_eos": true, "stream": true});
     let response = node
         .post("/v1/completions", KEY, &body)
         .send()
