@@ -30,11 +30,17 @@ pub struct SchedulerArgs {
     pub max_queue: usize,
 }
 
+/// Times a request that produced nothing is re-queued after its worker died before it is failed
+/// instead: a request that kills every worker it reaches must not crash-loop the node.
+pub const MAX_REQUEUES: u32 = 2;
+
 /// What a queued request carries until it is dispatched.
 #[derive(Debug)]
 pub struct Pending {
     pub request: InferenceRequest,
     pub events: mpsc::UnboundedSender<InferenceEvent>,
+    /// Times it was re-queued after a worker died.
+    pub requeued: u32,
 }
 
 pub struct SchedulerState {
@@ -101,7 +107,11 @@ impl SchedulerState {
             key: request.key.clone(),
             model: request.model.clone(),
             prompt_tokens: request.prompt.len(),
-            payload: Pending { request, events },
+            payload: Pending {
+                request,
+                events,
+                requeued: 0,
+            },
         };
         let started = self.admission.submit(entry, key_limit)?;
         self.start(started);
@@ -142,13 +152,16 @@ impl SchedulerState {
         let lost = self.admission.worker_down(id);
         tracing::warn!(worker = %id, requests = lost.len(), "worker down");
         let mut started = Vec::new();
-        for entry in lost {
+        for mut entry in lost {
             let Some(sink) = self.sinks.remove(&entry.ticket) else {
                 continue;
             };
             match sink.revoke() {
-                Some((_, false)) => started.extend(self.admission.requeue(entry)),
-                Some((tx, true)) => {
+                Some((_, false)) if entry.payload.requeued < MAX_REQUEUES => {
+                    entry.payload.requeued += 1;
+                    started.extend(self.admission.requeue(entry));
+                }
+                Some((tx, _)) => {
                     let _ = tx.send(InferenceEvent::Failed(RequestFailure::WorkerLost));
                 }
                 None => {}
@@ -245,5 +258,105 @@ impl Actor for SchedulerActor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use helixflow_kernels::sampler::SamplingParams;
+
+    use super::*;
+    use crate::request::RequestKind;
+
+    /// A mailbox standing in for a worker: it accepts and drops every message.
+    struct Inbox;
+
+    impl Actor for Inbox {
+        type Msg = GpuWorkerMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(
+            &self,
+            _: ActorRef<GpuWorkerMsg>,
+            _: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    fn request(ticket: Ticket) -> InferenceRequest {
+        InferenceRequest {
+            ticket,
+            key: "k".into(),
+            model: "m".into(),
+            kind: RequestKind::Generate,
+            prompt: vec![1, 2, 3],
+            sampling: SamplingParams::greedy(),
+            max_tokens: 4,
+            n: 1,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: false,
+            arrived: Instant::now(),
+        }
+    }
+
+    const CAP: WorkerCapacity = WorkerCapacity {
+        max_running: 4,
+        block_size: 16,
+        kv_blocks_total: 64,
+    };
+
+    #[tokio::test]
+    async fn requests_lost_with_a_worker_are_requeued_a_bounded_number_of_times() {
+        let (inbox, _) = Actor::spawn(None, Inbox, ()).await.unwrap();
+        let mut state = SchedulerState::new(8);
+        state.worker_up(WorkerId(0), "m".into(), CAP, inbox.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        state.submit(request(1), tx, 8).unwrap();
+        for round in 0..=MAX_REQUEUES {
+            assert_eq!(state.stats().in_flight, 1, "round {round}");
+            state.worker_down(WorkerId(0));
+            if round < MAX_REQUEUES {
+                assert_eq!(state.stats().queued, 1, "re-queued in round {round}");
+                assert!(rx.try_recv().is_err());
+                state.worker_up(WorkerId(0), "m".into(), CAP, inbox.clone());
+            }
+        }
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            InferenceEvent::Failed(RequestFailure::WorkerLost)
+        );
+        assert_eq!((state.stats().queued, state.stats().in_flight), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_produced_tokens_fails_retriably_and_nothing_stale_arrives() {
+        let (inbox, _) = Actor::spawn(None, Inbox, ()).await.unwrap();
+        let mut state = SchedulerState::new(8);
+        state.worker_up(WorkerId(0), "m".into(), CAP, inbox.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        state.submit(request(1), tx, 8).unwrap();
+        // The worker's sink delivers one token, then the worker dies.
+        let sink = state.sinks[&1].clone();
+        let delta = InferenceEvent::Delta {
+            choice: 0,
+            text: "a".into(),
+            tokens: 1,
+            logprobs: Vec::new(),
+        };
+        assert!(sink.send(delta.clone()));
+        state.worker_down(WorkerId(0));
+        assert_eq!(rx.try_recv().unwrap(), delta);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            InferenceEvent::Failed(RequestFailure::WorkerLost)
+        );
+        // A stalled engine that wakes up cannot deliver through its revoked sink.
+        assert!(!sink.send(InferenceEvent::Failed(RequestFailure::ShuttingDown)));
+        assert!(rx.try_recv().is_err());
     }
 }
