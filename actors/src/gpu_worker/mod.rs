@@ -122,7 +122,9 @@ impl Actor for GpuWorkerActor {
                         block_size: BLOCK_SIZE,
                         kv_cache_bytes: model_config.kv_cache_bytes,
                         max_batch_tokens: model_config.max_batch_tokens,
-                        max_prefill_chunk: model_config.max_batch_tokens,
+                        max_prefill_chunk: model_config
+                            .max_prefill_chunk
+                            .min(model_config.max_batch_tokens),
                         max_running: model_config.max_running,
                     },
                 )?;

@@ -88,7 +88,11 @@ pub struct ModelConfig {
     /// Longest prompt + completion served; `None` = the model's own `max_position_embeddings`.
     pub context_window: Option<usize>,
     pub kv_cache_bytes: usize,
+    /// Tokens per engine step at most (decode rows + prefill chunks).
     pub max_batch_tokens: usize,
+    /// Prompt tokens of one sequence per step at most: bounds how long a step that carries a
+    /// new prompt takes, so running streams keep their pace while long prompts are read.
+    pub max_prefill_chunk: usize,
     pub max_running: usize,
 }
 
@@ -145,6 +149,7 @@ impl Default for Limits {
 
 const DEFAULT_KV_CACHE_MIB: usize = 512;
 const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+const DEFAULT_MAX_PREFILL_CHUNK: usize = 256;
 const DEFAULT_MAX_RUNNING: usize = 256;
 const DEFAULT_MAX_QUEUED_PER_KEY: usize = 256;
 
@@ -344,6 +349,11 @@ impl Validator<'_> {
                 "max_batch_tokens",
                 raw.max_batch_tokens,
                 DEFAULT_MAX_BATCH_TOKENS,
+            )?,
+            max_prefill_chunk: positive(
+                "max_prefill_chunk",
+                raw.max_prefill_chunk,
+                DEFAULT_MAX_PREFILL_CHUNK,
             )?,
             max_running: positive("max_running", raw.max_running, DEFAULT_MAX_RUNNING)?,
             id: raw.id,

@@ -57,6 +57,8 @@ pub struct RawModel {
     #[serde(default)]
     pub max_batch_tokens: Option<usize>,
     #[serde(default)]
+    pub max_prefill_chunk: Option<usize>,
+    #[serde(default)]
     pub max_running: Option<usize>,
 }
 
