@@ -42,7 +42,9 @@ use raw::{RawConfig, RawDevice, RawKey, RawLimits, RawModel, RawNode};
 use crate::keys::KeyHash;
 
 /// A node's id, unique in the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 impl std::fmt::Display for NodeId {
