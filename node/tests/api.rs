@@ -489,7 +489,10 @@ async fn thirty_two_concurrent_streams_complete_with_exact_usage() {
 async fn a_client_that_disconnects_frees_its_kv_blocks() {
     let node = Node::start(&config("", ""));
     let used = format!("helixflow_kv_cache_blocks_used{{model=\"{MODEL}\"}}");
-    assert_eq!(node.metric(&used).await, Some(0.0));
+    wait_until(Duration::from_secs(10), "the worker's gauges", || async {
+        node.metric(&used).await == Some(0.0)
+    })
+    .await;
     // Sixteen choices of 480 tokens: seconds of work, so the disconnect lands mid-generation.
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Tell me everything."}],
                       "max_tokens": 480, "n": 16, "ignore_eos": true, "stream": true});
