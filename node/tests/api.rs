@@ -493,18 +493,17 @@ async fn a_client_that_disconnects_frees_its_kv_blocks() {
         node.metric(&used).await == Some(0.0)
     })
     .await;
-    // Sixteen choices of 480 tokens: seconds of work, so the disconnect lands mid-generation.
-    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Tell me everything."}],
-                      "max_tokens": 480, "n": 16, "ignore_eos": true, "stream": true});
+    // 64 choices of 480 tokens: seconds of work, so the disconnect lands mid-generation.
+    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "n": 64, "ignore_eos": true, "stream": true});
     let response = node
-        .post("/v1/chat/completions", KEY, &body)
+        .post("/v1/completions", KEY, &body)
         .send()
         .await
         .unwrap();
     let mut stream = response.bytes_stream();
-    // Read until tokens flow (past the 16 opening chunks), then check the sequences hold blocks.
+    // Read until tokens flow, then check the sequences hold blocks.
     let mut seen = 0;
-    while seen < 20 {
+    while seen < 8 {
         let chunk = stream.next().await.unwrap().unwrap();
         seen += chunk.windows(6).filter(|w| w == b"data: ").count();
     }
@@ -518,6 +517,19 @@ async fn a_client_that_disconnects_frees_its_kv_blocks() {
     .await;
     let cancelled = node.metrics().await;
     assert!(cancelled.contains("status=\"cancelled\""), "{cancelled}");
+    // It stopped early, and the ledger charged what was generated until then.
+    let usage: Value = node
+        .client
+        .get(format!("{}/v1/usage", node.url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let generated = usage["data"][0]["completion_tokens"].as_u64().unwrap();
+    assert!((1..64 * 480).contains(&generated), "{usage}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -725,8 +737,8 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    // Seconds of work (16 × 480 tokens): SIGTERM arrives mid-generation.
-    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "n": 16, "ignore_eos": true, "stream": true});
+    // Seconds of work (64 × 480 tokens): SIGTERM arrives mid-generation.
+    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "n": 64, "ignore_eos": true, "stream": true});
     let response = node
         .post("/v1/completions", KEY, &body)
         .send()
@@ -754,8 +766,8 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_engine_is_restarted_and_its_started_requests_fail_retriably() {
     let node = Node::start(&config("", "[limits]\nfault_injection = true"));
-    // Seconds of work (16 × 480 tokens): the panic lands mid-generation.
-    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "n": 16, "ignore_eos": true, "stream": true});
+    // Seconds of work (64 × 480 tokens): the panic lands mid-generation.
+    let body = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 480, "n": 64, "ignore_eos": true, "stream": true});
     let response = node
         .post("/v1/completions", KEY, &body)
         .send()
