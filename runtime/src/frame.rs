@@ -122,7 +122,7 @@ impl FrameDecoder {
 
     /// The next whole message, `Ok(None)` if more bytes are needed. After an error the stream
     /// is out of sync and must be closed.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(header) = self.buffer.get(..LENGTH_BYTES) else {
             return Ok(None);
         };
@@ -233,7 +233,7 @@ mod tests {
         let mut d = FrameDecoder::new(1 << 20);
         d.push(&(1u32 << 30).to_le_bytes());
         assert_eq!(
-            d.next::<Message>(),
+            d.next_message::<Message>(),
             Err(FrameError::TooLarge {
                 len: 1 << 30,
                 max: 1 << 20
@@ -253,7 +253,7 @@ mod tests {
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
         d.push(&bytes);
         assert!(matches!(
-            d.next::<Message>(),
+            d.next_message::<Message>(),
             Err(FrameError::Decode { .. })
         ));
     }
@@ -265,7 +265,7 @@ mod tests {
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
         d.push(&bytes);
         assert_eq!(
-            d.next::<Message>(),
+            d.next_message::<Message>(),
             Err(FrameError::Version {
                 got: 9,
                 want: PROTOCOL_VERSION
@@ -275,18 +275,21 @@ mod tests {
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
         d.push(&[3, 0, 0, 0, 1, 0, 0xff]);
         assert!(matches!(
-            d.next::<Message>(),
+            d.next_message::<Message>(),
             Err(FrameError::Decode { .. })
         ));
 
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
         d.push(&[1, 0, 0, 0, 1]);
-        assert_eq!(d.next::<Message>(), Err(FrameError::TooShort { len: 1 }));
+        assert_eq!(
+            d.next_message::<Message>(),
+            Err(FrameError::TooShort { len: 1 })
+        );
 
         let bytes = frames(&[Message::Cancel(3)]);
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
         d.push(&bytes[..bytes.len() - 1]);
-        assert_eq!(d.next::<Message>(), Ok(None));
+        assert_eq!(d.next_message::<Message>(), Ok(None));
         assert_eq!(
             d.finish(),
             Err(FrameError::Truncated {
@@ -324,7 +327,7 @@ mod tests {
             let mut got = Vec::new();
             for w in points.windows(2) {
                 d.push(&bytes[w[0]..w[1]]);
-                while let Some(m) = d.next::<Message>().unwrap() {
+                while let Some(m) = d.next_message::<Message>().unwrap() {
                     got.push(m);
                 }
             }
