@@ -1,6 +1,7 @@
-//! The cluster's metadata. Today: the placement planner ([`placement::plan`]), a pure function
-//! from the cluster's nodes, its model catalog and the current placements to the next placements.
-//! The openraft state machine and sled log store that will hold these, and call the planner on
-//! the leader, come with the cluster (issue 4).
+//! The cluster's metadata: [`state::ClusterState`] with its one enum of commands and a
+//! deterministic `apply`, and the placement planner ([`placement::plan`]), a pure function from
+//! nodes, catalog and current placements to the next placements. The openraft state machine and
+//! sled log store that replicate the state come with the cluster (issue 4).
 
 pub mod placement;
+pub mod state;
