@@ -164,10 +164,6 @@ pub struct Submission {
 }
 
 impl Submission {
-    pub fn ticket(&self) -> Ticket {
-        self.ticket
-    }
-
     /// The next event; `None` after the last one (every choice finished, the embedding, or a
     /// failure).
     pub async fn next(&mut self) -> Option<InferenceEvent> {

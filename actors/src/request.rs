@@ -152,12 +152,6 @@ impl EventSink {
         ok
     }
 
-    /// True when the client no longer listens.
-    pub fn is_closed(&self) -> bool {
-        let state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        state.tx.as_ref().is_none_or(|tx| tx.is_closed())
-    }
-
     /// Cuts this sink off from the request. Returns the request's channel and whether anything
     /// was delivered through this sink.
     pub fn revoke(&self) -> Option<(mpsc::UnboundedSender<InferenceEvent>, bool)> {

@@ -72,19 +72,6 @@ impl<B: Backend> WorkerCore<B> {
         self.engine.stats()
     }
 
-    pub fn engine(&self) -> &Engine<B> {
-        &self.engine
-    }
-
-    /// Requests in flight.
-    pub fn len(&self) -> usize {
-        self.active.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.active.is_empty()
-    }
-
     /// Hands a request to the engine; it starts with the next step.
     pub fn submit(&mut self, request: &InferenceRequest) -> Result<(), RequestFailure> {
         if self.by_ticket.contains_key(&request.ticket) {
@@ -139,11 +126,6 @@ impl<B: Backend> WorkerCore<B> {
         self.active.remove(&id);
         self.engine.cancel(id);
         true
-    }
-
-    /// Tickets of every request in flight.
-    pub fn tickets(&self) -> impl Iterator<Item = Ticket> + '_ {
-        self.by_ticket.keys().copied()
     }
 
     /// Runs one engine step and translates what it produced.

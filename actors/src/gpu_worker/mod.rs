@@ -19,7 +19,7 @@ use helixflow_kernels::engine::{Engine, EngineConfig};
 use helixflow_kernels::model::Model;
 use helixflow_kernels::tokenizer::Tokenizer;
 use helixflow_runtime::config::ModelConfig;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 pub use self::core::WorkerCore;
 pub use thread::{Fault, Heartbeat, WorkerCommand, WorkerReport};
@@ -64,8 +64,6 @@ pub enum GpuWorkerMsg {
     Watchdog,
     /// Make the engine thread fail (tests and chaos runs).
     InjectFault(Fault),
-    /// Whether the engine thread is alive.
-    Alive(RpcReplyPort<bool>),
 }
 
 /// Why the worker gave up on its engine thread.
@@ -198,9 +196,6 @@ impl Actor for GpuWorkerActor {
             GpuWorkerMsg::Cancel(ticket) => state.send(WorkerCommand::Cancel(ticket))?,
             GpuWorkerMsg::Watchdog => state.check()?,
             GpuWorkerMsg::InjectFault(fault) => state.send(WorkerCommand::Fault(fault))?,
-            GpuWorkerMsg::Alive(reply) => {
-                let _ = reply.send(state.check().is_ok());
-            }
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use helixflow_runtime::config::{KeyConfig, Role};
-use helixflow_runtime::keys::{KeyHash, find_key};
+use helixflow_runtime::keys::find_key;
 use helixflow_runtime::metric_names;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -255,9 +255,4 @@ impl Actor for QuotaActor {
         }
         Ok(())
     }
-}
-
-/// Hash of a key, for callers that build configs (tests, `helixflow up`).
-pub fn hash_key(secret: &str) -> KeyHash {
-    KeyHash::of(secret)
 }

@@ -140,13 +140,6 @@ impl Node {
         self.dir.take().expect("a running node has its directory")
     }
 
-    pub fn data_dir(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .expect("a running node has its directory")
-            .path()
-    }
-
     pub fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}{path}", self.url))
