@@ -286,14 +286,10 @@ impl<T> Admission<T> {
         self.dispatch()
     }
 
-    /// Starts whatever waiting requests fit now (after something freed a slot).
-    pub fn dispatch_waiting(&mut self) -> Vec<(Ticket, WorkerId)> {
-        self.dispatch()
-    }
-
     /// Starts every waiting request a worker has room for, taking keys in turn: a key that is
     /// served moves to the back of the order, a key that cannot be served keeps its place.
-    fn dispatch(&mut self) -> Vec<(Ticket, WorkerId)> {
+    /// The other methods call it after each change; call it after anything else that freed room.
+    pub fn dispatch(&mut self) -> Vec<(Ticket, WorkerId)> {
         let mut started = Vec::new();
         loop {
             let mut progressed = false;

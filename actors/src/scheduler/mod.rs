@@ -126,7 +126,7 @@ impl SchedulerState {
                 let _ = w.cast(GpuWorkerMsg::Cancel(ticket));
             }
             // Its slot is free now.
-            let started = self.admission.dispatch_waiting();
+            let started = self.admission.dispatch();
             self.start(started);
         }
         self.publish();

@@ -2,7 +2,6 @@
 //! and chat template, context window — built once at start-up.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use helixflow_kernels::config::ModelConfig as ModelShape;
@@ -28,9 +27,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn load(models: &[ModelConfig]) -> anyhow::Result<Catalog> {
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created = super::openai::unix_now();
         let mut entries = Vec::new();
         let mut by_name = HashMap::new();
         for (i, model) in models.iter().enumerate() {
