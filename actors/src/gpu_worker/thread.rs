@@ -95,7 +95,8 @@ pub fn run<B: Backend>(
     mut report: impl FnMut(WorkerReport),
 ) {
     let mut sinks: HashMap<Ticket, EventSink> = HashMap::new();
-    publish_gauges(&model, &core.stats());
+    let gauges = Gauges::new(&model);
+    gauges.publish(&core.stats());
     loop {
         let mut completed = Vec::new();
         // Block for the next command only when there is nothing to compute.
@@ -140,7 +141,7 @@ pub fn run<B: Backend>(
             }
         }
         let stats = core.stats();
-        publish_gauges(&model, &stats);
+        gauges.publish(&stats);
         report(WorkerReport { completed, stats });
     }
 }
@@ -171,17 +172,39 @@ fn apply<B: Backend>(
         WorkerCommand::Fault(Fault::Panic) => panic!("injected fault: engine thread panic"),
         WorkerCommand::Fault(Fault::Stall(duration)) => {
             heartbeat.set_busy(true);
+            // The injected fault itself: an engine that holds work and makes no progress.
             std::thread::sleep(duration);
         }
     }
 }
 
-fn publish_gauges(model: &str, stats: &EngineStats) {
-    let label = [("model", model.to_owned())];
-    metrics::gauge!(metric_names::RUNNING_SEQUENCES, &label).set(stats.running as f64);
-    metrics::gauge!(metric_names::WAITING_SEQUENCES, &label).set(stats.waiting as f64);
-    metrics::gauge!(metric_names::KV_BLOCKS_USED, &label).set(stats.kv_blocks_used as f64);
-    metrics::gauge!(metric_names::KV_BLOCKS_TOTAL, &label).set(stats.kv_blocks_total as f64);
-    let usage = stats.kv_blocks_used as f64 / stats.kv_blocks_total.max(1) as f64;
-    metrics::gauge!(metric_names::KV_CACHE_USAGE, &label).set(usage);
+/// The worker's gauges, registered once: publishing after every step is then five stores.
+struct Gauges {
+    running: metrics::Gauge,
+    waiting: metrics::Gauge,
+    used: metrics::Gauge,
+    total: metrics::Gauge,
+    usage: metrics::Gauge,
+}
+
+impl Gauges {
+    fn new(model: &str) -> Gauges {
+        let label = [("model", model.to_owned())];
+        Gauges {
+            running: metrics::gauge!(metric_names::RUNNING_SEQUENCES, &label),
+            waiting: metrics::gauge!(metric_names::WAITING_SEQUENCES, &label),
+            used: metrics::gauge!(metric_names::KV_BLOCKS_USED, &label),
+            total: metrics::gauge!(metric_names::KV_BLOCKS_TOTAL, &label),
+            usage: metrics::gauge!(metric_names::KV_CACHE_USAGE, &label),
+        }
+    }
+
+    fn publish(&self, stats: &EngineStats) {
+        self.running.set(stats.running as f64);
+        self.waiting.set(stats.waiting as f64);
+        self.used.set(stats.kv_blocks_used as f64);
+        self.total.set(stats.kv_blocks_total as f64);
+        self.usage
+            .set(stats.kv_blocks_used as f64 / stats.kv_blocks_total.max(1) as f64);
+    }
 }

@@ -148,9 +148,10 @@ impl Ledger {
 
     /// Prompt + completion tokens of `key` over all models.
     pub fn key_tokens(&self, key: &str) -> u64 {
+        // Rows are ordered by (key, model): the key's rows are one contiguous range.
         self.totals
-            .iter()
-            .filter(|((k, _), _)| k == key)
+            .range((key.to_owned(), String::new())..)
+            .take_while(|((k, _), _)| k == key)
             .map(|(_, t)| t.tokens())
             .sum()
     }

@@ -146,10 +146,13 @@ impl QuotaState {
                 key: key.to_owned(),
             });
         };
-        let used = self.ledger.key_tokens(key);
         let entry = &mut self.keys[index];
-        let result = match entry.config.token_budget {
-            Some(budget) if used + prompt_tokens > budget => Err(QuotaRejection::BudgetExhausted {
+        let over_budget = entry.config.token_budget.and_then(|budget| {
+            let used = self.ledger.key_tokens(key);
+            (used + prompt_tokens > budget).then_some((budget, used))
+        });
+        let result = match over_budget {
+            Some((budget, used)) => Err(QuotaRejection::BudgetExhausted {
                 key: key.to_owned(),
                 budget,
                 used,
