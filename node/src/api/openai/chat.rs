@@ -1,6 +1,5 @@
 //! `POST /v1/chat/completions`.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -14,7 +13,7 @@ use super::generate::{self, Job, Shape};
 use super::params::{
     CommonParams, StopSpec, StreamOptions, check_token_ids, completion_budget, unsupported,
 };
-use super::{response_id, unix_now};
+use super::{response_id, serving_model, unix_now};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{Caller, ValidJson};
@@ -101,13 +100,7 @@ pub async fn create(
     ValidJson(body): ValidJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    if state.draining.load(Ordering::Acquire) {
-        return Err(ApiError::unavailable("the node is shutting down", None));
-    }
-    let model = state
-        .catalog
-        .resolve(&body.model)
-        .ok_or_else(|| ApiError::model_not_found(&body.model))?;
+    let model = serving_model(&state, &body.model)?;
     for (param, value) in [
         ("tools", &body.tools),
         ("tool_choice", &body.tool_choice),
@@ -161,6 +154,7 @@ pub async fn create(
         ignore_eos: body.ignore_eos,
         stop_token_ids: body.stop_token_ids,
         logprobs: (body.logprobs == Some(true)).then_some(body.top_logprobs.unwrap_or(0) as usize),
+        logprobs_field: "top_logprobs",
         stream: body.stream,
         stream_options: body.stream_options,
     }

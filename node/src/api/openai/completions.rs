@@ -1,7 +1,6 @@
 //! `POST /v1/completions` (the legacy text-completion API): a prompt given as text, a list of
 //! texts, token ids or lists of token ids; each prompt gets `n` choices.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -14,7 +13,8 @@ use super::generate::{self, Job, Shape};
 use super::params::{
     CommonParams, StopSpec, StreamOptions, check_token_ids, completion_budget, unsupported,
 };
-use super::{response_id, unix_now};
+use super::prompt::{Prompt, PromptSpec, tokenize};
+use super::{response_id, serving_model, unix_now};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{Caller, ValidJson};
@@ -23,15 +23,6 @@ use crate::api::extract::{Caller, ValidJson};
 const DEFAULT_MAX_TOKENS: usize = 16;
 /// Most prompts in one request.
 const MAX_PROMPTS: usize = 64;
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum PromptSpec {
-    Text(String),
-    Texts(Vec<String>),
-    Tokens(Vec<u32>),
-    TokenLists(Vec<Vec<u32>>),
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,13 +79,7 @@ pub async fn create(
     ValidJson(body): ValidJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    if state.draining.load(Ordering::Acquire) {
-        return Err(ApiError::unavailable("the node is shutting down", None));
-    }
-    let model = state
-        .catalog
-        .resolve(&body.model)
-        .ok_or_else(|| ApiError::model_not_found(&body.model))?;
+    let model = serving_model(&state, &body.model)?;
     unsupported("suffix", &body.suffix)?;
     unsupported("logit_bias", &body.logit_bias)?;
     if let Some(best_of) = body.best_of
@@ -128,73 +113,19 @@ pub async fn create(
         ignore_eos: body.ignore_eos,
         stop_token_ids: body.stop_token_ids,
         logprobs: body.logprobs.map(|k| k as usize),
+        logprobs_field: "logprobs",
         stream: body.stream,
         stream_options: body.stream_options,
     }
-    .validate()
-    .map_err(|e| match e.param.as_deref() {
-        Some("top_logprobs") => {
-            ApiError::invalid("logprobs", e.message.replace("top_logprobs", "logprobs"))
-        }
-        _ => e,
-    })?;
+    .validate()?;
     let vocab = model.tokenizer.vocab_size();
     check_token_ids("stop_token_ids", &generation.stop_token_ids, vocab)?;
 
-    let tokenizer = model.tokenizer.clone();
-    let prompts =
-        tokio::task::spawn_blocking(move || -> Result<Vec<(Vec<u32>, String)>, ApiError> {
-            let encode = |text: &str| {
-                tokenizer
-                    .encode(text, true)
-                    .map_err(|e| ApiError::invalid("prompt", e.to_string()))
-            };
-            let decode = |ids: &[u32]| {
-                tokenizer
-                    .decode(ids, false)
-                    .map_err(|e| ApiError::invalid("prompt", e.to_string()))
-            };
-            match body.prompt {
-                PromptSpec::Text(text) => Ok(vec![(encode(&text)?, text)]),
-                PromptSpec::Texts(texts) => {
-                    texts.into_iter().map(|t| Ok((encode(&t)?, t))).collect()
-                }
-                PromptSpec::Tokens(ids) => {
-                    check_token_ids("prompt", &ids, vocab)?;
-                    let text = if echo { decode(&ids)? } else { String::new() };
-                    Ok(vec![(ids, text)])
-                }
-                PromptSpec::TokenLists(lists) => lists
-                    .into_iter()
-                    .map(|ids| {
-                        check_token_ids("prompt", &ids, vocab)?;
-                        let text = if echo { decode(&ids)? } else { String::new() };
-                        Ok((ids, text))
-                    })
-                    .collect(),
-            }
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;
-    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!(
-                "Invalid value for 'prompt': expected 1 to {MAX_PROMPTS} prompts, got {}.",
-                prompts.len()
-            ),
-        ));
-    }
-    if let Some(at) = prompts.iter().position(|(ids, _)| ids.is_empty()) {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!("Invalid value for 'prompt': prompt {at} is empty."),
-        ));
-    }
+    let prompts = tokenize(model.tokenizer.clone(), body.prompt, "prompt", MAX_PROMPTS).await?;
 
     let mut requests = Vec::with_capacity(prompts.len());
     let mut echoes = Vec::new();
-    for (prompt, text) in prompts {
+    for Prompt { ids: prompt, text } in prompts {
         let max_tokens = completion_budget(
             prompt.len(),
             model.context_window,
@@ -203,6 +134,13 @@ pub async fn create(
             "prompt",
         )?;
         if echo {
+            let text = match text {
+                Some(text) => text,
+                None => model
+                    .tokenizer
+                    .decode(&prompt, false)
+                    .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+            };
             echoes.push(text);
         }
         requests.push(InferenceRequest {

@@ -1,6 +1,5 @@
 //! `POST /v1/embeddings`: mean-pooled, L2-normalised final hidden states, one per input.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Json;
@@ -13,8 +12,9 @@ use helixflow_runtime::metric_names;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::completions::PromptSpec;
-use super::params::{check_token_ids, completion_budget};
+use super::params::completion_budget;
+use super::prompt::{PromptSpec, tokenize};
+use super::serving_model;
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{Caller, ValidJson};
@@ -41,13 +41,7 @@ pub async fn create(
     ValidJson(body): ValidJson<EmbeddingRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let arrived = Instant::now();
-    if state.draining.load(Ordering::Acquire) {
-        return Err(ApiError::unavailable("the node is shutting down", None));
-    }
-    let model = state
-        .catalog
-        .resolve(&body.model)
-        .ok_or_else(|| ApiError::model_not_found(&body.model))?;
+    let model = serving_model(&state, &body.model)?;
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -71,40 +65,12 @@ pub async fn create(
             ),
         ));
     }
-    let vocab = model.tokenizer.vocab_size();
-    let tokenizer = model.tokenizer.clone();
-    let inputs = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<u32>>, ApiError> {
-        let encode = |text: &str| {
-            tokenizer
-                .encode(text, true)
-                .map_err(|e| ApiError::invalid("input", e.to_string()))
-        };
-        match body.input {
-            PromptSpec::Text(text) => Ok(vec![encode(&text)?]),
-            PromptSpec::Texts(texts) => texts.iter().map(|t| encode(t)).collect(),
-            PromptSpec::Tokens(ids) => Ok(vec![ids]),
-            PromptSpec::TokenLists(lists) => Ok(lists),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;
-    if inputs.is_empty() || inputs.len() > MAX_INPUTS {
-        return Err(ApiError::invalid(
-            "input",
-            format!(
-                "Invalid value for 'input': expected 1 to {MAX_INPUTS} inputs, got {}.",
-                inputs.len()
-            ),
-        ));
-    }
-    for (i, ids) in inputs.iter().enumerate() {
-        if ids.is_empty() {
-            return Err(ApiError::invalid(
-                "input",
-                format!("Invalid value for 'input': input {i} is empty."),
-            ));
-        }
-        check_token_ids("input", ids, vocab)?;
+    let inputs: Vec<Vec<u32>> = tokenize(model.tokenizer.clone(), body.input, "input", MAX_INPUTS)
+        .await?
+        .into_iter()
+        .map(|p| p.ids)
+        .collect();
+    for ids in &inputs {
         // An embedding needs the whole input in the context window.
         completion_budget(
             ids.len().saturating_sub(1),

@@ -48,6 +48,8 @@ pub struct CommonParams {
     pub stop_token_ids: Option<Vec<u32>>,
     /// Alternatives per token, when logprobs are wanted at all.
     pub logprobs: Option<usize>,
+    /// Which field the number of alternatives came from, for error messages.
+    pub logprobs_field: &'static str,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }
@@ -151,10 +153,11 @@ impl CommonParams {
         if let Some(k) = self.logprobs
             && k > MAX_TOP_LOGPROBS
         {
+            let field = self.logprobs_field;
             return Err(ApiError::invalid(
-                "top_logprobs",
+                field,
                 format!(
-                    "Invalid value for 'top_logprobs': {k} is not between 0 and {MAX_TOP_LOGPROBS}."
+                    "Invalid value for '{field}': {k} is not between 0 and {MAX_TOP_LOGPROBS}."
                 ),
             ));
         }
