@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use helixflow_runtime::keys::KeyHash;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const KEY: &str = "hf-test-admin";
 pub const USER_KEY: &str = "hf-test-user";
@@ -156,6 +156,14 @@ impl Node {
         (status, value)
     }
 
+    /// POSTs and returns only the status (the body is read to the end).
+    pub async fn status(&self, path: &str, key: &str, body: &Value) -> u16 {
+        let response = self.post(path, key, body).send().await.unwrap();
+        let status = response.status().as_u16();
+        response.bytes().await.unwrap();
+        status
+    }
+
     pub async fn chat(&self, body: Value) -> Value {
         let (status, value) = self.call("/v1/chat/completions", &body).await;
         assert_eq!(status, 200, "{value}");
@@ -272,4 +280,57 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The fixture's chat prompts.
+pub fn chat_prompts() -> Vec<Value> {
+    reference()["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "chat")
+        .cloned()
+        .collect()
+}
+
+/// A greedy chat request for the fixture's 24 tokens.
+pub fn greedy(messages: &Value) -> Value {
+    json!({"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 24, "ignore_eos": true})
+}
+
+/// POSTs a raw body (key optional) expecting an error: returns status, body and `Retry-After`,
+/// after checking the body has the OpenAI error shape.
+pub async fn error_of(
+    node: &Node,
+    key: Option<&str>,
+    path: &str,
+    body: &str,
+) -> (u16, Value, Option<String>) {
+    let mut request = node
+        .client
+        .post(format!("{}{path}", node.url))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    let value: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: not JSON: {text}"));
+    let error = &value["error"];
+    assert!(
+        error["message"].is_string() && error["type"].is_string(),
+        "{value}"
+    );
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "{value}"
+    );
+    (status, value, retry)
 }
