@@ -39,6 +39,8 @@ pub enum StreamKind {
     ActorSession = 2,
     Inference = 3,
     WeightTransfer = 4,
+    /// A node's load and liveness reports to a peer (one long-lived stream per peer).
+    Control = 5,
 }
 
 impl TryFrom<u8> for StreamKind {
@@ -50,6 +52,7 @@ impl TryFrom<u8> for StreamKind {
             2 => Ok(StreamKind::ActorSession),
             3 => Ok(StreamKind::Inference),
             4 => Ok(StreamKind::WeightTransfer),
+            5 => Ok(StreamKind::Control),
             other => Err(FrameError::UnknownKind { tag: other }),
         }
     }
@@ -207,6 +210,7 @@ mod tests {
             StreamKind::ActorSession,
             StreamKind::Inference,
             StreamKind::WeightTransfer,
+            StreamKind::Control,
         ] {
             assert_eq!(StreamKind::try_from(kind as u8), Ok(kind));
         }

@@ -33,3 +33,25 @@ pub const KEY_TOKENS: &str = "helixflow_key_tokens_total";
 pub const KEY_REJECTIONS: &str = "helixflow_key_rejections_total";
 /// Counter, labelled `model`: engine workers restarted after a panic or a stall.
 pub const WORKER_RESTARTS: &str = "helixflow_worker_restarts_total";
+/// Counter, labelled `direction` (`inbound`/`outbound`) and `reason` (`tls`: a certificate not
+/// signed by the cluster CA, or not valid for the name dialled; `identity`: a certificate not
+/// valid for the node id its holder claimed): QUIC handshakes refused over credentials.
+pub const QUIC_HANDSHAKE_FAILURES: &str = "helixflow_quic_handshake_failures_total";
+/// Gauge, seconds, labelled `peer`: round-trip time of the QUIC connection to a peer.
+pub const QUIC_PEER_RTT: &str = "helixflow_quic_peer_rtt_seconds";
+/// Counter, labelled `peer`: requests this node forwarded to another node.
+pub const FORWARDED_REQUESTS: &str = "helixflow_forwarded_requests_total";
+/// Counter: requests moved to another replica after theirs failed before answering.
+pub const REQUEST_RETRIES: &str = "helixflow_request_retries_total";
+/// Gauge: this node's current Raft term.
+pub const RAFT_TERM: &str = "helixflow_raft_term";
+/// Gauge: id of the Raft leader this node knows (0: none).
+pub const RAFT_LEADER: &str = "helixflow_raft_leader";
+/// Gauge: 1 when this node leads.
+pub const RAFT_IS_LEADER: &str = "helixflow_raft_is_leader";
+/// Gauge: index of the last Raft log entry this node holds.
+pub const RAFT_LAST_LOG_INDEX: &str = "helixflow_raft_last_log_index";
+/// Gauge: index of the last committed entry this node applied.
+pub const RAFT_APPLIED_INDEX: &str = "helixflow_raft_applied_index";
+/// Gauge, labelled `status`: nodes of the cluster in each status, as committed.
+pub const CLUSTER_NODES: &str = "helixflow_cluster_nodes";

@@ -57,6 +57,9 @@ impl std::fmt::Display for NodeId {
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub name: String,
+    /// Where the cluster CA and node certificates are (`helixflow certs init` writes them);
+    /// needed when nodes talk to each other (any node has a `peer_addr`).
+    pub certs_dir: Option<PathBuf>,
     pub nodes: Vec<NodeConfig>,
     pub models: Vec<ModelConfig>,
     pub keys: Vec<KeyConfig>,
@@ -67,7 +70,14 @@ pub struct ClusterConfig {
 pub struct NodeConfig {
     pub id: NodeId,
     pub region: String,
+    /// Failure domain inside the region (defaults to the region).
+    pub zone: String,
     pub http_addr: SocketAddr,
+    /// Where peers reach this node over QUIC; `None` only in a one-node cluster.
+    pub peer_addr: Option<SocketAddr>,
+    /// Whether the node is one of the Raft voters that bootstrap the cluster (default true);
+    /// other nodes join as learners through the admin API.
+    pub voter: bool,
     pub data_dir: PathBuf,
     pub devices: Vec<DeviceConfig>,
 }
@@ -75,8 +85,17 @@ pub struct NodeConfig {
 /// A compute device of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
-    /// The CPU, with this many compute threads.
-    Cpu { threads: usize },
+    /// The CPU, with this many compute threads and this much memory for models.
+    Cpu { threads: usize, memory_bytes: u64 },
+}
+
+impl DeviceConfig {
+    /// Memory the placement planner may fill with model replicas.
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            DeviceConfig::Cpu { memory_bytes, .. } => *memory_bytes,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +115,8 @@ pub struct ModelConfig {
     /// new prompt takes, so running streams keep their pace while long prompts are read.
     pub max_prefill_chunk: usize,
     pub max_running: usize,
+    /// Replicas the cluster keeps of this model (each on a different node).
+    pub replicas: usize,
 }
 
 /// What a key may do.
@@ -260,8 +281,32 @@ impl Validator<'_> {
             }
             keys.push(key);
         }
+        let peers = nodes.iter().filter(|n| n.peer_addr.is_some()).count();
+        if nodes.len() > 1 && peers < nodes.len() {
+            let i = nodes
+                .iter()
+                .position(|n| n.peer_addr.is_none())
+                .unwrap_or(0);
+            return Err(self.invalid(
+                format!("nodes[{i}].peer_addr"),
+                "(missing)",
+                "every node of a multi-node cluster needs the QUIC address peers reach it at",
+            ));
+        }
+        if !nodes.iter().any(|n| n.voter) {
+            return Err(self.invalid("nodes", "(no voter)", "at least one node must be a voter"));
+        }
+        let certs_dir = raw.cluster.certs_dir.as_deref().map(|d| self.resolve(d));
+        if peers > 0 && certs_dir.is_none() {
+            return Err(self.invalid(
+                "cluster.certs_dir",
+                "(missing)",
+                "nodes with a peer_addr talk over mutual TLS: name the folder `helixflow certs init` wrote",
+            ));
+        }
         Ok(ClusterConfig {
             name: raw.cluster.name,
+            certs_dir,
             nodes,
             models,
             keys,
@@ -281,6 +326,16 @@ impl Validator<'_> {
         if raw.data_dir.trim().is_empty() {
             return Err(self.invalid(field("data_dir"), "\"\"", "must not be empty"));
         }
+        let peer_addr = match &raw.peer_addr {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                self.invalid(
+                    field("peer_addr"),
+                    format!("{text:?}"),
+                    "expected IP:PORT, e.g. \"127.0.0.1:7400\"",
+                )
+            })?),
+        };
         let mut devices = Vec::new();
         for (d, device) in raw.devices.into_iter().enumerate() {
             devices.push(self.device(&format!("nodes[{i}].devices[{d}]"), device)?);
@@ -288,12 +343,17 @@ impl Validator<'_> {
         if devices.is_empty() {
             devices.push(DeviceConfig::Cpu {
                 threads: default_threads(),
+                memory_bytes: default_cpu_memory(),
             });
         }
+        let region = raw.region.unwrap_or_else(|| "default".to_owned());
         Ok(NodeConfig {
             id: NodeId(raw.id),
-            region: raw.region.unwrap_or_else(|| "default".to_owned()),
+            zone: raw.zone.unwrap_or_else(|| region.clone()),
+            region,
             http_addr,
+            peer_addr,
+            voter: raw.voter.unwrap_or(true),
             data_dir: self.resolve(&raw.data_dir),
             devices,
         })
@@ -313,7 +373,21 @@ impl Validator<'_> {
                     }
                     Some(t) => t,
                 };
-                Ok(DeviceConfig::Cpu { threads })
+                let memory_bytes = match raw.memory_mib {
+                    None => default_cpu_memory(),
+                    Some(0) => {
+                        return Err(self.invalid(
+                            format!("{field}.memory_mib"),
+                            0,
+                            "must be at least 1",
+                        ));
+                    }
+                    Some(mib) => mib.saturating_mul(1 << 20),
+                };
+                Ok(DeviceConfig::Cpu {
+                    threads,
+                    memory_bytes,
+                })
             }
             other => Err(self.invalid(
                 format!("{field}.kind"),
@@ -358,6 +432,7 @@ impl Validator<'_> {
                 DEFAULT_MAX_PREFILL_CHUNK,
             )?,
             max_running: positive("max_running", raw.max_running, DEFAULT_MAX_RUNNING)?,
+            replicas: positive("replicas", raw.replicas, 1)?,
             id: raw.id,
         })
     }
@@ -443,6 +518,18 @@ fn check_name(name: &str) -> Result<(), &'static str> {
         return Err("must not contain spaces or control characters");
     }
     Ok(())
+}
+
+/// The machine's memory (`MemTotal`), or 16 GiB where it cannot be read.
+fn default_cpu_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(16 << 30)
 }
 
 fn default_threads() -> usize {

@@ -21,6 +21,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub name: String,
+    #[serde(default)]
+    pub certs_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,7 +31,13 @@ pub struct RawNode {
     pub id: u64,
     #[serde(default)]
     pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
     pub http_addr: String,
+    #[serde(default)]
+    pub peer_addr: Option<String>,
+    #[serde(default)]
+    pub voter: Option<bool>,
     pub data_dir: String,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
@@ -41,6 +49,8 @@ pub struct RawDevice {
     pub kind: String,
     #[serde(default)]
     pub threads: Option<usize>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +70,8 @@ pub struct RawModel {
     pub max_prefill_chunk: Option<usize>,
     #[serde(default)]
     pub max_running: Option<usize>,
+    #[serde(default)]
+    pub replicas: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

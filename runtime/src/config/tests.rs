@@ -45,7 +45,9 @@ fn minimal_config_gets_defaults_and_resolves_paths_against_the_file() {
     assert_eq!(config.keys[0].role, Role::Admin);
     assert_eq!(config.keys[0].requests_per_minute, Some(5));
     assert_eq!(config.keys[0].tokens_per_minute, None);
-    assert!(matches!(config.nodes[0].devices[0], DeviceConfig::Cpu { threads } if threads >= 1));
+    assert!(
+        matches!(config.nodes[0].devices[0], DeviceConfig::Cpu { threads, .. } if threads >= 1)
+    );
     assert_eq!(config.limits.max_queue, Limits::default().max_queue);
 }
 
