@@ -1,7 +1,9 @@
 //! The cluster's metadata: [`state::ClusterState`] with its one enum of commands and a
-//! deterministic `apply`, and the placement planner ([`placement::plan`]), a pure function from
-//! nodes, catalog and current placements to the next placements. The openraft state machine and
-//! sled log store that replicate the state come with the cluster (issue 4).
+//! deterministic `apply`, the placement planner ([`placement::plan`]), a pure function from
+//! nodes, catalog and current placements to the next placements, and the openraft binding
+//! ([`raft`]): the type config and the sled log store and state machine that replicate the state.
+//! The network between peers and the running Raft node belong to the node crate.
 
 pub mod placement;
+pub mod raft;
 pub mod state;

@@ -83,6 +83,14 @@ pub enum Command {
     /// Adds or replaces a key.
     PutKey(KeyRecord),
     RevokeKey(String),
+    /// The cluster file's nodes, catalog and keys, committed once by the first leader. A seed
+    /// after the first changes nothing (and is not an error): the file only bootstraps; later
+    /// changes go through the admin API.
+    Seed {
+        nodes: Vec<NodeRecord>,
+        models: Vec<CatalogEntry>,
+        keys: Vec<KeyRecord>,
+    },
 }
 
 /// Why a command changed nothing. A rejected command is still a committed log entry: every
@@ -116,6 +124,8 @@ pub struct ClusterState {
     /// Epoch of the current placements (0: none committed yet).
     pub placement_epoch: u64,
     pub keys: BTreeMap<String, KeyRecord>,
+    /// Whether the cluster file's seed was committed.
+    pub seeded: bool,
     pub audit: Vec<AuditEntry>,
     /// Index of the last applied log entry.
     pub applied: u64,
@@ -198,6 +208,25 @@ impl ClusterState {
                     .get_mut(&name)
                     .ok_or_else(|| Rejected::UnknownKey(name.clone()))?
                     .revoked = true;
+            }
+            Command::Seed {
+                nodes,
+                models,
+                keys,
+            } => {
+                if self.seeded {
+                    return Ok(());
+                }
+                self.seeded = true;
+                for node in nodes {
+                    self.nodes.entry(node.id).or_insert(node);
+                }
+                for model in models {
+                    self.models.entry(model.id.clone()).or_insert(model);
+                }
+                for key in keys {
+                    self.keys.entry(key.name.clone()).or_insert(key);
+                }
             }
         }
         Ok(())
@@ -287,5 +316,15 @@ fn describe(command: &Command) -> String {
         }
         Command::PutKey(k) => format!("put key {}", k.name),
         Command::RevokeKey(name) => format!("revoke key {name}"),
+        Command::Seed {
+            nodes,
+            models,
+            keys,
+        } => format!(
+            "seed from the cluster file ({} nodes, {} models, {} keys)",
+            nodes.len(),
+            models.len(),
+            keys.len()
+        ),
     }
 }

@@ -201,3 +201,27 @@ fn revoking_a_key_and_removing_models_and_nodes() {
         ("admin-key", "register node-2")
     );
 }
+
+#[test]
+fn the_cluster_file_seeds_once() {
+    let mut state = ClusterState::default();
+    let seed = |keys: Vec<KeyRecord>| Command::Seed {
+        nodes: vec![node(1, "eu")],
+        models: vec![model("llama", "l", 1)],
+        keys,
+    };
+    state.apply(1, "leader", seed(vec![key("alice")])).unwrap();
+    assert!(state.seeded);
+    assert!(state.key_active("alice"));
+    state
+        .apply(2, "admin", Command::RevokeKey("alice".into()))
+        .unwrap();
+    // A second seed (a new leader after a restart, say) must not undo the revoke or add keys.
+    state
+        .apply(3, "leader", seed(vec![key("alice"), key("bob")]))
+        .unwrap();
+    assert!(!state.key_active("alice"));
+    assert!(!state.keys.contains_key("bob"));
+    assert_eq!(state.nodes.len(), 1);
+    assert_eq!(state.applied, 3);
+}
