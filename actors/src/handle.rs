@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use helixflow_runtime::config::{KeyConfig, ModelConfig};
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
@@ -143,6 +144,25 @@ impl NodeHandle {
             Some(worker) => worker.cast(GpuWorkerMsg::InjectFault(fault)).is_ok(),
             None => false,
         })
+    }
+
+    /// Replaces the key set (the cluster committed a change).
+    pub fn set_keys(&self, keys: Vec<KeyConfig>) -> Result<(), NodeError> {
+        self.quota
+            .cast(QuotaMsg::SetKeys(keys))
+            .map_err(|_| NodeError::Unavailable { actor: "quota" })
+    }
+
+    /// Serves exactly `models` (workers start and stop to match); returns once new workers
+    /// have loaded their models, or with the error of one that could not.
+    pub async fn set_models(
+        &self,
+        models: Vec<ModelConfig>,
+    ) -> Result<Result<(), String>, NodeError> {
+        ask(&self.supervisor, "supervisor", |reply| {
+            NodeSupervisorMsg::SetModels { models, reply }
+        })
+        .await
     }
 
     /// Stops the actor tree (workers, scheduler, quota) and waits for it.

@@ -42,9 +42,12 @@ use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerMsg};
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
     pub node: NodeConfig,
+    /// Models to serve from the start (more come and go with [`NodeSupervisorMsg::SetModels`]).
     pub models: Vec<ModelConfig>,
     pub keys: Vec<KeyConfig>,
     pub limits: Limits,
+    /// The process's sled database (the ledger keeps a tree in it).
+    pub db: sled::Db,
 }
 
 pub struct NodeSupervisorActor;
@@ -54,6 +57,10 @@ pub struct NodeSupervisorState {
     quota: ActorRef<QuotaMsg>,
     /// Live worker actors by actor id, with what restarts them.
     workers: HashMap<ActorId, (GpuWorkerArgs, ActorRef<GpuWorkerMsg>)>,
+    /// Compute threads of the node's CPU device.
+    threads: usize,
+    stall_timeout: Duration,
+    next_worker: u32,
 }
 
 pub enum NodeSupervisorMsg {
@@ -66,6 +73,13 @@ pub enum NodeSupervisorMsg {
     },
     /// Try again to start a worker whose restart failed.
     RestartWorker(GpuWorkerArgs),
+    /// The models this node should serve now (the cluster's placements changed): workers start
+    /// for models new to the list and stop for models no longer on it. Replies when every new
+    /// worker has loaded its model (or failed to: the error names the model).
+    SetModels {
+        models: Vec<ModelConfig>,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
 }
 
 impl NodeSupervisorActor {
@@ -91,6 +105,52 @@ impl NodeSupervisorActor {
 }
 
 impl NodeSupervisorState {
+    async fn set_models(
+        &mut self,
+        myself: &ActorRef<NodeSupervisorMsg>,
+        models: Vec<ModelConfig>,
+    ) -> Result<(), ActorProcessingErr> {
+        // Forget workers of models no longer wanted before stopping them, so their ends are
+        // not taken for failures (and not restarted); the scheduler re-queues their requests.
+        let gone: Vec<ActorId> = self
+            .workers
+            .iter()
+            .filter(|(_, (args, _))| !models.iter().any(|m| m.id == args.model.id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some((args, worker)) = self.workers.remove(&id) {
+                tracing::info!(worker = %args.id, model = %args.model.id, "model no longer placed here; stopping its worker");
+                let _ = self.scheduler.cast(SchedulerMsg::WorkerDown(args.id));
+                worker.stop(Some("model unplaced".into()));
+            }
+        }
+        for model in models {
+            if self.worker_for(&model.id).is_some() {
+                continue;
+            }
+            let args = GpuWorkerArgs {
+                id: WorkerId(self.next_worker),
+                model: model.clone(),
+                threads: self.threads,
+                scheduler: self.scheduler.clone(),
+                stall_timeout: self.stall_timeout,
+            };
+            self.next_worker += 1;
+            let worker = spawn_worker(args.clone(), myself.get_cell())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "loading model `{}` from {}: {e}",
+                        model.id,
+                        model.path.display()
+                    )
+                })?;
+            self.workers.insert(worker.get_id(), (args, worker));
+        }
+        Ok(())
+    }
+
     fn worker_for(&self, model: &str) -> Option<ActorRef<GpuWorkerMsg>> {
         self.workers
             .values()
@@ -122,7 +182,7 @@ impl Actor for NodeSupervisorActor {
             QuotaActor,
             QuotaArgs {
                 keys: spec.keys.clone(),
-                ledger_dir: spec.node.data_dir.join("ledger"),
+                db: spec.db.clone(),
             },
             myself.get_cell(),
         )
@@ -140,34 +200,19 @@ impl Actor for NodeSupervisorActor {
             .node
             .devices
             .iter()
-            .map(|DeviceConfig::Cpu { threads }| *threads)
+            .map(|DeviceConfig::Cpu { threads, .. }| *threads)
             .next()
             .unwrap_or(1);
-        let mut workers = HashMap::new();
-        for (i, model) in spec.models.iter().enumerate() {
-            let args = GpuWorkerArgs {
-                id: WorkerId(i as u32),
-                model: model.clone(),
-                threads,
-                scheduler: scheduler.clone(),
-                stall_timeout: spec.limits.stall_timeout,
-            };
-            let worker = spawn_worker(args.clone(), myself.get_cell())
-                .await
-                .map_err(|e| {
-                    format!(
-                        "loading model `{}` from {}: {e}",
-                        model.id,
-                        model.path.display()
-                    )
-                })?;
-            workers.insert(worker.get_id(), (args, worker));
-        }
-        Ok(NodeSupervisorState {
+        let mut state = NodeSupervisorState {
             scheduler,
             quota,
-            workers,
-        })
+            workers: HashMap::new(),
+            threads,
+            stall_timeout: spec.limits.stall_timeout,
+            next_worker: 0,
+        };
+        state.set_models(&myself, spec.models).await?;
+        Ok(state)
     }
 
     async fn handle(
@@ -184,6 +229,10 @@ impl Actor for NodeSupervisorActor {
                 let _ = reply.send(state.worker_for(&model));
             }
             NodeSupervisorMsg::RestartWorker(args) => restart(myself, state, args).await,
+            NodeSupervisorMsg::SetModels { models, reply } => {
+                let result = state.set_models(&myself, models).await;
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
         }
         Ok(())
     }

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use helixflow_kernels::sampler::SamplingParams;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// Node-unique id of one client request, given by the [`NodeHandle`](crate::NodeHandle).
 pub type Ticket = u64;
 
 /// A request as the workers see it: validated, tokenized, with its model resolved.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InferenceRequest {
     pub ticket: Ticket,
     /// Name of the API key it is charged to.
@@ -34,19 +35,21 @@ pub struct InferenceRequest {
     pub ignore_eos: bool,
     /// Return the chosen token's logprob (and `sampling.logprobs` alternatives) per token.
     pub logprobs: bool,
-    /// When the node received it: latency metrics start here.
+    /// When the node received it: latency metrics start here. (Not sent between nodes: a
+    /// forwarded request's clock starts when the serving node receives it.)
+    #[serde(skip, default = "Instant::now")]
     pub arrived: Instant,
 }
 
 /// What the request wants computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestKind {
     Generate,
     Embed,
 }
 
 /// Why a choice ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FinishReason {
     /// EOS, a stop token or a stop string.
     Stop,
@@ -55,7 +58,7 @@ pub enum FinishReason {
 }
 
 /// A generated token with its log-probability, as the API reports it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenLogprob {
     /// The token's own text (may be a partial character, shown with U+FFFD).
     pub token: String,
@@ -66,7 +69,7 @@ pub struct TokenLogprob {
     pub top: Vec<TopLogprob>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TopLogprob {
     pub token: String,
     pub bytes: Vec<u8>,
@@ -75,7 +78,7 @@ pub struct TopLogprob {
 
 /// One answer to a request. A request's events end with one `Finished` per choice, one
 /// `Embedding`, or one `Failed`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum InferenceEvent {
     /// New text of choice `choice` (possibly empty when the text is held back, e.g. while it
     /// could still become a stop string) and, when asked for, the logprobs of the tokens it
@@ -102,7 +105,7 @@ pub enum InferenceEvent {
 }
 
 /// Why a request ended without an answer.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum RequestFailure {
     /// The engine refused it (the client's fault: the message says why).
     #[error("{0}")]
@@ -113,6 +116,9 @@ pub enum RequestFailure {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// No node of the cluster could run it (the message says why); retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Where a worker sends a request's events. The scheduler can revoke it (a worker was declared

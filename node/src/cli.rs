@@ -22,8 +22,14 @@ pub enum Command {
     Up(UpArgs),
     /// Run one node of a cluster config, serving the OpenAI API.
     Node(NodeArgs),
-    /// Make API keys and their config entries.
+    /// API keys: make them offline, or create, list and revoke them on a running cluster.
     Keys(KeysArgs),
+    /// The cluster's state as a running node sees it: leader, term, nodes, placements.
+    Status(AdminArgs),
+    /// Models of a running cluster and where they are placed.
+    Models(ModelsArgs),
+    /// The cluster CA and node certificates for mutual TLS between nodes.
+    Certs(CertsArgs),
     /// Load-test a running node over its OpenAI API: TTFT, inter-token latency, throughput.
     Bench(helixflow_benches::load::LoadArgs),
     /// Generate text from a model directory, like llama-cli.
@@ -147,9 +153,66 @@ pub struct UpArgs {
     /// Where the demo model, key, config and ledger live.
     #[arg(long, default_value = ".helixflow/up")]
     pub data_dir: PathBuf,
-    /// Address to serve on (written into the config on first run).
+    /// Address to serve on (written into the config on first run). With `--nodes N`, node `i`
+    /// serves on 127.0.0.i at this port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
+    /// Start a local cluster of this many nodes (child processes on 127.0.0.1 … 127.0.0.N,
+    /// talking QUIC with mutual TLS).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+}
+
+/// Where a running node is and the admin key to use.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Any node of the cluster.
+    #[arg(long, env = "HELIXFLOW_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// An admin key.
+    #[arg(long, env = "HELIXFLOW_API_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Print the JSON the node answered instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// The catalog, with each model's replicas and where they are placed.
+    List(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub command: CertsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a new cluster CA and a certificate for every node of a cluster config into the
+    /// config's `certs_dir` (refuses to replace an existing CA).
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Issue a certificate for one more node with the existing CA (a node joining later).
+    Issue {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        id: u64,
+        /// IP addresses the certificate is valid for (besides the name node-<id>).
+        #[arg(long, value_delimiter = ',')]
+        ip: Vec<std::net::IpAddr>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -158,7 +221,7 @@ pub struct NodeArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// Which of the config's nodes this is (needed when it lists several).
-    #[arg(long)]
+    #[arg(long = "id", visible_alias = "node-id")]
     pub node_id: Option<u64>,
     /// Serve on this address instead of the config's (port 0 picks a free port).
     #[arg(long)]
@@ -185,6 +248,29 @@ pub enum KeysCommand {
     },
     /// Print the SHA-256 of a key, as the config's `sha256` field wants it.
     Hash { key: String },
+    /// Create a key on a running cluster (committed through Raft); prints the key once.
+    Create {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+        role: String,
+        #[arg(long)]
+        requests_per_minute: Option<u64>,
+        #[arg(long)]
+        tokens_per_minute: Option<u64>,
+        #[arg(long)]
+        token_budget: Option<u64>,
+    },
+    /// List a running cluster's keys (names, roles, limits; never the keys).
+    List(AdminArgs),
+    /// Revoke a key on a running cluster: refused by every node once this returns.
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        name: String,
+    },
 }
 
 fn parse_arch(s: &str) -> Result<Architecture, String> {
@@ -201,6 +287,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => commands::up::run(args),
         Command::Node(args) => commands::node::run(args),
         Command::Keys(args) => commands::keys::run(args),
+        Command::Status(args) => commands::admin::status(args),
+        Command::Models(args) => match args.command {
+            ModelsCommand::List(admin) => commands::admin::models(admin),
+        },
+        Command::Certs(args) => commands::certs::run(args),
         Command::Bench(args) => helixflow_benches::load::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::GenModel(args) => commands::gen_model::run(args),

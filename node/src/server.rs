@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use axum::serve::ListenerExt;
+use helixflow_actors::quota::ledger::open_db;
 use helixflow_actors::{NodeSpec, NodeSupervisorActor};
 use helixflow_runtime::config::{ClusterConfig, NodeId};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::api::catalog::Catalog;
 use crate::api::{AppState, router};
+use crate::cluster::Cluster;
 
 /// Latency buckets (seconds) of every `*_seconds` histogram.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -43,12 +45,14 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Runs node `node_id` of `config` until `shutdown` resolves, then drains. `on_listening` is
-/// called with the bound address (useful with port 0).
+/// called with the bound address (useful with port 0) as soon as HTTP is served; `on_ready` once
+/// the node serves its models (see [`Cluster::readiness`]).
 pub async fn run(
     config: ClusterConfig,
     node_id: NodeId,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> anyhow::Result<()> {
     let node = config
         .node(node_id)
@@ -73,17 +77,28 @@ pub async fn run(
         .with_context(|| format!("binding {}", node.http_addr))?;
     let addr = listener.local_addr()?;
 
+    // One sled database per process: the usage ledger and the Raft store keep trees in it.
+    let db_dir = node.data_dir.join("db");
+    let db = tokio::task::spawn_blocking(move || open_db(&db_dir))
+        .await?
+        .with_context(|| format!("opening the node database in {}", node.data_dir.display()))?;
+    // Workers start as the cluster places models here (see `cluster::reconcile`).
     let (handle, mut supervisor) = NodeSupervisorActor::start(NodeSpec {
         node: node.clone(),
-        models: config.models.clone(),
+        models: Vec::new(),
         keys: config.keys.clone(),
         limits: config.limits.clone(),
+        db: db.clone(),
     })
     .await
     .map_err(|e| anyhow!("starting the node: {e}"))?;
 
     let draining = Arc::new(AtomicBool::new(false));
+    let (cluster, inbound) =
+        Cluster::open(&config, &node, &db, handle.clone(), draining.clone()).await?;
+    let tasks = cluster.spawn_tasks(inbound, &node);
     let app = router(AppState {
+        cluster: cluster.clone(),
         node: handle.clone(),
         catalog,
         metrics,
@@ -116,6 +131,16 @@ pub async fn run(
         }
     });
     on_listening(addr);
+    let ready_watch = tokio::spawn({
+        let cluster = cluster.clone();
+        async move {
+            while !cluster.readiness().await.ready {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(%addr, "ready: serving the models placed on this node");
+            on_ready(addr);
+        }
+    });
     let grace = config.limits.shutdown_grace;
     let result = tokio::select! {
         served = serve.into_future() => served.context("serving HTTP"),
@@ -125,6 +150,23 @@ pub async fn run(
         }
         _ = &mut supervisor => Err(anyhow!("the node's actors stopped unexpectedly")),
     };
+    draining.store(true, Ordering::Release);
+    // Requests peers forwarded here are not HTTP connections: wait for them too (same grace).
+    let deadline = tokio::time::Instant::now() + grace;
+    while let Ok(stats) = handle.scheduler_stats().await {
+        if stats.queued + stats.in_flight == 0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ready_watch.abort();
+    drop(tasks);
+    if let Err(e) = cluster.raft.shutdown().await {
+        tracing::warn!(error = %e, "stopping Raft");
+    }
+    if let Some(transport) = cluster.transport() {
+        transport.close();
+    }
     if let Err(e) = handle.flush_ledger().await {
         tracing::error!(error = %e, "flushing the usage ledger at shutdown");
     }

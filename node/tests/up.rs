@@ -96,6 +96,7 @@ async fn up_writes_a_demo_model_and_serves_it_with_the_printed_key() {
         "the config holds only the key's hash"
     );
     let (_child, url, _) = spawn(&args);
+    common::wait_ready(&url, Duration::from_secs(60));
     let (status, _) = chat(&url, &key, "demo").await;
     assert_eq!(status, 200);
 }
@@ -113,6 +114,7 @@ async fn the_shipped_single_node_config_serves_with_its_demo_key() {
         "--data-dir",
         dir.path().to_str().unwrap(),
     ]);
+    common::wait_ready(&url, Duration::from_secs(60));
     let (status, body) = chat(&url, "hf-single-demo-key", "tiny").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model"], "tiny-llama");

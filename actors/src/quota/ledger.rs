@@ -76,17 +76,17 @@ pub struct Ledger {
 const TREE: &str = "usage";
 
 impl Ledger {
-    /// Opens (or creates) the ledger under `dir` and loads its totals.
+    /// Opens (or creates) a sled database under `dir` holding only the ledger.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
-        let db = sled::Config::new()
-            .path(dir)
-            // Durability comes from the writer's explicit flushes.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| LedgerError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        let db = open_db(dir).map_err(|source| LedgerError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ledger::open_in(db)
+    }
+
+    /// Opens the ledger's tree in the node's database and loads its totals.
+    pub fn open_in(db: sled::Db) -> Result<Ledger, LedgerError> {
         let tree = db.open_tree(TREE)?;
         let mut totals = BTreeMap::new();
         for item in tree.iter() {
@@ -109,10 +109,7 @@ impl Ledger {
         thread::Builder::new()
             .name("helixflow-ledger".into())
             .spawn(move || write_loop(db, tree, rx))
-            .map_err(|e| LedgerError::Open {
-                path: dir.display().to_string(),
-                source: sled::Error::Io(e),
-            })?;
+            .map_err(|e| LedgerError::Sled(sled::Error::Io(e)))?;
         Ok(Ledger { totals, writer })
     }
 
@@ -166,6 +163,12 @@ impl Ledger {
             })
             .collect()
     }
+}
+
+/// Opens the node's sled database. Writes are made durable by explicit flushes (the ledger's
+/// writer, the Raft log), never by a background timer.
+pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    sled::Config::new().path(dir).flush_every_ms(None).open()
 }
 
 fn write_loop(db: sled::Db, tree: sled::Tree, rx: mpsc::Receiver<Write>) {

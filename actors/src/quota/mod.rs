@@ -12,7 +12,6 @@ pub mod ledger;
 pub mod limiter;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use helixflow_runtime::config::{KeyConfig, Role};
@@ -27,8 +26,8 @@ pub struct QuotaActor;
 
 pub struct QuotaArgs {
     pub keys: Vec<KeyConfig>,
-    /// Folder of the sled ledger.
-    pub ledger_dir: PathBuf,
+    /// The node's sled database (one per process); the ledger keeps its own tree in it.
+    pub db: sled::Db,
 }
 
 /// Who a request is from, once its key checked out.
@@ -96,27 +95,50 @@ pub enum QuotaMsg {
     Usage(RpcReplyPort<Vec<UsageRow>>),
     /// Replies once everything recorded is on disk.
     Flush(RpcReplyPort<Result<(), String>>),
+    /// The cluster's key set changed (replaces every key; revoked keys are left out).
+    SetKeys(Vec<KeyConfig>),
 }
 
 impl QuotaState {
     pub fn new(keys: Vec<KeyConfig>, ledger: Ledger, now: Instant) -> QuotaState {
-        let keys: Vec<KeyEntry> = keys
+        let mut state = QuotaState {
+            keys: Vec::new(),
+            by_name: HashMap::new(),
+            ledger,
+        };
+        state.set_keys(keys, now);
+        state
+    }
+
+    /// Replaces the key set (the cluster committed a change). A key whose limits did not change
+    /// keeps its token buckets, so a metadata change elsewhere does not refill them.
+    pub fn set_keys(&mut self, keys: Vec<KeyConfig>, now: Instant) {
+        let mut old: HashMap<String, KeyEntry> = self
+            .keys
+            .drain(..)
+            .map(|entry| (entry.config.name.clone(), entry))
+            .collect();
+        self.keys = keys
             .into_iter()
-            .map(|config| KeyEntry {
-                limiter: KeyLimiter::new(config.requests_per_minute, config.tokens_per_minute, now),
-                config,
+            .map(|config| {
+                let limiter = match old.remove(&config.name) {
+                    Some(entry)
+                        if entry.config.requests_per_minute == config.requests_per_minute
+                            && entry.config.tokens_per_minute == config.tokens_per_minute =>
+                    {
+                        entry.limiter
+                    }
+                    _ => KeyLimiter::new(config.requests_per_minute, config.tokens_per_minute, now),
+                };
+                KeyEntry { config, limiter }
             })
             .collect();
-        let by_name = keys
+        self.by_name = self
+            .keys
             .iter()
             .enumerate()
             .map(|(i, k)| (k.config.name.clone(), i))
             .collect();
-        QuotaState {
-            keys,
-            by_name,
-            ledger,
-        }
     }
 
     pub fn authenticate(&self, secret: &str) -> Option<Principal> {
@@ -218,8 +240,8 @@ impl Actor for QuotaActor {
         _myself: ActorRef<Self::Msg>,
         args: QuotaArgs,
     ) -> Result<QuotaState, ActorProcessingErr> {
-        let dir = args.ledger_dir.clone();
-        let ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir)).await??;
+        let db = args.db;
+        let ledger = tokio::task::spawn_blocking(move || Ledger::open_in(db)).await??;
         Ok(QuotaState::new(args.keys, ledger, Instant::now()))
     }
 
@@ -255,6 +277,7 @@ impl Actor for QuotaActor {
             QuotaMsg::Flush(reply) => state.ledger.flush(Box::new(move |result| {
                 let _ = reply.send(result);
             })),
+            QuotaMsg::SetKeys(keys) => state.set_keys(keys, Instant::now()),
         }
         Ok(())
     }

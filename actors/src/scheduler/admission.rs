@@ -34,8 +34,22 @@ pub struct WorkerCapacity {
     pub kv_blocks_total: usize,
 }
 
+/// How busy this node is with one model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelLoad {
+    pub model: String,
+    /// Workers that have loaded the model and take requests.
+    pub workers_up: usize,
+    /// Requests waiting for a worker.
+    pub queued: usize,
+    /// Requests given to workers and not completed.
+    pub in_flight: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+}
+
 /// Why a request was not queued.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Rejection {
     #[error("too many requests of this key are waiting ({limit}); retry shortly")]
     KeyQueueFull { limit: usize },
@@ -126,6 +140,33 @@ impl<T> Admission<T> {
     /// Requests given to workers and not completed.
     pub fn in_flight(&self) -> usize {
         self.dispatched.len()
+    }
+
+    /// Per model: workers up, requests waiting and running, KV-cache use (what peers route by).
+    pub fn model_loads(&self) -> Vec<ModelLoad> {
+        fn load_of<'a>(
+            loads: &'a mut BTreeMap<String, ModelLoad>,
+            model: &str,
+        ) -> &'a mut ModelLoad {
+            loads.entry(model.to_owned()).or_insert_with(|| ModelLoad {
+                model: model.to_owned(),
+                ..ModelLoad::default()
+            })
+        }
+        let mut loads = BTreeMap::new();
+        for worker in self.workers.values() {
+            let load = load_of(&mut loads, &worker.model);
+            if worker.up {
+                load.workers_up += 1;
+                load.kv_blocks_total += worker.capacity.kv_blocks_total;
+                load.kv_blocks_used += worker.stats.as_ref().map_or(0, |s| s.kv_blocks_used);
+            }
+            load.in_flight += worker.outstanding;
+        }
+        for entry in self.queues.values().flatten() {
+            load_of(&mut loads, &entry.model).queued += 1;
+        }
+        loads.into_values().collect()
     }
 
     pub fn dispatched(&self, ticket: Ticket) -> Option<&Entry<T>> {

@@ -17,7 +17,7 @@ use helixflow_runtime::metric_names;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
-pub use admission::{Admission, Cancelled, Entry, Rejection, WorkerCapacity};
+pub use admission::{Admission, Cancelled, Entry, ModelLoad, Rejection, WorkerCapacity};
 
 use crate::WorkerId;
 use crate::gpu_worker::GpuWorkerMsg;
@@ -56,6 +56,8 @@ pub struct SchedulerStats {
     pub queued: usize,
     pub in_flight: usize,
     pub workers_up: usize,
+    /// Load per model (models with a worker or a waiting request).
+    pub models: Vec<ModelLoad>,
 }
 
 pub enum SchedulerMsg {
@@ -183,6 +185,7 @@ impl SchedulerState {
             queued: self.admission.queue_depth(),
             in_flight: self.admission.in_flight(),
             workers_up: self.workers.len(),
+            models: self.admission.model_loads(),
         }
     }
 

@@ -9,7 +9,7 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// How one sequence picks its next token. The "off" value of each knob leaves the distribution
 /// unchanged; [`Default`] is plain sampling at temperature 1 with everything else off.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// Softmax temperature, `[0, 2]`. Exactly 0 means greedy (argmax, lowest id on ties), in which
     /// case `top_k`, `top_p` and `min_p` have no effect.

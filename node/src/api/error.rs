@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use helixflow_actors::quota::QuotaRejection;
 use helixflow_actors::scheduler::Rejection;
 use helixflow_actors::{NodeError, RequestFailure};
+
+use crate::cluster::forward::SubmitError;
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -199,6 +201,19 @@ impl From<Rejection> for ApiError {
     }
 }
 
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> ApiError {
+        match error {
+            SubmitError::Rejected(rejection) => rejection.into(),
+            SubmitError::NoReplica { model } => ApiError::unavailable(
+                format!("no node of the cluster serves model `{model}` right now; retry shortly"),
+                Some(Duration::from_secs(2)),
+            ),
+            SubmitError::Node(e) => e.into(),
+        }
+    }
+}
+
 impl From<RequestFailure> for ApiError {
     fn from(failure: RequestFailure) -> ApiError {
         let message = failure.to_string();
@@ -209,6 +224,9 @@ impl From<RequestFailure> for ApiError {
             }
             RequestFailure::ShuttingDown => {
                 ApiError::unavailable(message, Some(Duration::from_secs(5)))
+            }
+            RequestFailure::Unavailable(_) => {
+                ApiError::unavailable(message, Some(Duration::from_secs(1)))
             }
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod cluster;
 pub mod error;
 pub mod extract;
 pub mod openai;
@@ -16,16 +17,19 @@ use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use helixflow_actors::NodeHandle;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use catalog::Catalog;
+
+use crate::cluster::Cluster;
 use error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
     pub node: NodeHandle,
+    pub cluster: Arc<Cluster>,
     pub catalog: Arc<Catalog>,
     pub metrics: PrometheusHandle,
     pub max_body_bytes: usize,
@@ -45,6 +49,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings::create))
         .route("/v1/usage", get(ops::usage))
         .route("/admin/v1/fault", post(admin::fault))
+        .route("/admin/v1/cluster", get(cluster::status))
+        .route(
+            "/admin/v1/keys",
+            get(cluster::list_keys).post(cluster::create_key),
+        )
+        .route("/admin/v1/keys/{name}", delete(cluster::revoke_key))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -1,7 +1,5 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics and the usage ledger.
 
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -19,13 +17,11 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(json!({"status": "ok"})))
 }
 
-/// Every model has a worker and the node is not draining.
+/// The node serves: it is not draining, it knows the Raft leader, the cluster's metadata is
+/// seeded, placements are committed, and every model placed on it has a worker up.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let stats = state.node.scheduler_stats().await.unwrap_or_default();
-    let models = state.catalog.models().len();
-    let draining = state.draining.load(Ordering::Acquire);
-    let ready = !draining && stats.workers_up >= models;
-    let status = if ready {
+    let r = state.cluster.readiness().await;
+    let status = if r.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -33,12 +29,14 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (
         status,
         Json(json!({
-            "ready": ready,
-            "draining": draining,
-            "workers_up": stats.workers_up,
-            "models": models,
-            "queued": stats.queued,
-            "in_flight": stats.in_flight,
+            "ready": r.ready,
+            "draining": r.draining,
+            "leader": r.leader,
+            "seeded": r.seeded,
+            "placed_here": r.placed_here,
+            "workers_up": r.stats.workers_up,
+            "queued": r.stats.queued,
+            "in_flight": r.stats.in_flight,
         })),
     )
 }

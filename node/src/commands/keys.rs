@@ -1,9 +1,11 @@
-//! `helixflow keys new|hash`: make API keys and the config lines that admit them. The node keeps
-//! only the key's SHA-256; the key itself is printed once and nowhere stored.
+//! `helixflow keys new|hash`: make API keys and the config lines that admit them, offline.
+//! `helixflow keys create|list|revoke`: the same on a running cluster, through its admin API.
+//! Nodes keep only a key's SHA-256; the key itself is printed once and nowhere stored.
 
 use helixflow_runtime::keys::{KEY_PREFIX, KeyHash};
 
 use crate::cli::{KeysArgs, KeysCommand};
+use crate::commands::admin;
 
 /// A new random key: the prefix and 32 random bytes in hex.
 pub fn new_key() -> anyhow::Result<String> {
@@ -26,6 +28,23 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
             println!("role = {role:?}");
         }
         KeysCommand::Hash { key } => println!("{}", KeyHash::of(&key)),
+        KeysCommand::Create {
+            admin,
+            name,
+            role,
+            requests_per_minute,
+            tokens_per_minute,
+            token_budget,
+        } => admin::create_key(
+            &admin,
+            &name,
+            &role,
+            requests_per_minute,
+            tokens_per_minute,
+            token_budget,
+        )?,
+        KeysCommand::List(admin) => admin::list_keys(&admin)?,
+        KeysCommand::Revoke { admin, name } => admin::revoke_key(&admin, &name)?,
     }
     Ok(())
 }

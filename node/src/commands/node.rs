@@ -33,11 +33,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     serve(config, node_id, |_| {})
 }
 
-/// Runs the node on a fresh tokio runtime; `announce` runs once it listens.
+/// Runs the node on a fresh tokio runtime; `announce` runs once it is ready to serve.
 pub fn serve(
     config: ClusterConfig,
     node_id: NodeId,
-    announce: impl FnOnce(std::net::SocketAddr),
+    announce: impl FnOnce(std::net::SocketAddr) + Send + 'static,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,7 +53,7 @@ pub fn serve(
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "helixflow {node_id} listening on http://{addr}");
             let _ = out.flush();
-            announce(addr);
         },
+        announce,
     ))
 }

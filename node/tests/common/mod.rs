@@ -97,6 +97,7 @@ impl Node {
         let url = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("the node printed its address within 60s");
+        wait_ready(&url, Duration::from_secs(60));
         Node {
             child,
             url,
@@ -333,4 +334,30 @@ pub async fn error_of(
         "{value}"
     );
     (status, value, retry)
+}
+
+/// Blocks until `GET {url}/ready` answers 200 (the node has loaded the models placed on it).
+pub fn wait_ready(url: &str, deadline: Duration) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").to_owned();
+    let until = Instant::now() + deadline;
+    loop {
+        let status = std::net::TcpStream::connect(&addr)
+            .ok()
+            .and_then(|mut tcp| {
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                write!(tcp, "GET /ready HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+                let mut response = String::new();
+                tcp.read_to_string(&mut response).ok()?;
+                response.split_whitespace().nth(1).map(str::to_owned)
+            });
+        if status.as_deref() == Some("200") {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{url} not ready within {deadline:?} (last status {status:?})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -105,7 +105,7 @@ pub async fn create(
         };
         let key_limit = caller.max_queued;
         async move {
-            let mut submission = state.node.submit(request, key_limit).await??;
+            let mut submission = state.cluster.submit(request, key_limit, true).await?;
             while let Some(event) = submission.next().await {
                 match event {
                     InferenceEvent::Embedding { vector, .. } => return Ok(vector),

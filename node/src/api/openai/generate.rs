@@ -12,13 +12,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use helixflow_actors::quota::{Principal, UsageRecord};
-use helixflow_actors::{FinishReason, InferenceEvent, InferenceRequest, Submission, TokenLogprob};
+use helixflow_actors::{FinishReason, InferenceEvent, InferenceRequest, TokenLogprob};
 use helixflow_runtime::metric_names;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
+use crate::cluster::forward::Routed;
 
 /// Which API the answer is shaped for.
 #[derive(Clone, Debug)]
@@ -96,9 +97,9 @@ pub async fn run(state: AppState, job: Job) -> Result<Response, ApiError> {
     for request in &job.requests {
         submissions.push(
             state
-                .node
-                .submit(request.clone(), job.caller.max_queued)
-                .await??,
+                .cluster
+                .submit(request.clone(), job.caller.max_queued, !job.stream)
+                .await?,
         );
     }
     let events = merge(submissions, job.n);
@@ -110,7 +111,7 @@ pub async fn run(state: AppState, job: Job) -> Result<Response, ApiError> {
 }
 
 /// One stream of `(answer index, event)` over several submissions.
-fn merge(submissions: Vec<Submission>, n: usize) -> Events {
+fn merge(submissions: Vec<Routed>, n: usize) -> Events {
     let streams = submissions.into_iter().enumerate().map(|(p, submission)| {
         stream::unfold(
             submission,

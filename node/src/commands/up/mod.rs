@@ -1,6 +1,9 @@
-//! `helixflow up`: the one-command start. On first run it writes a demo model with `gen-model`, a
-//! key and a single-node cluster config into the data directory (nothing is downloaded); every
-//! run starts that node and prints the URL, the key and a request to paste.
+//! `helixflow up`: the one-command start. On first run it writes a demo model with `gen-model` and
+//! a key into the data directory (nothing is downloaded), then a cluster config: one node, or
+//! with `--nodes N` a local cluster of N nodes (see [`cluster`]). Every run starts it and prints
+//! the URL, the key and a request to paste.
+
+mod cluster;
 
 use std::fs;
 use std::io::Write;
@@ -23,6 +26,16 @@ const CONFIG_FILE: &str = "cluster.toml";
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let dir = &args.data_dir;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = demo_model_and_key(dir)?;
+    if args.nodes > 1 {
+        cluster::run(&args, &key)
+    } else {
+        single(&args, &key)
+    }
+}
+
+/// Writes the demo model (first run) and the demo key; returns the key.
+fn demo_model_and_key(dir: &Path) -> anyhow::Result<String> {
     let model_dir = dir.join("models").join(MODEL_ID);
     if !model_dir.join("config.json").is_file() {
         eprintln!(
@@ -36,17 +49,52 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         write_model(&spec, &model_dir, &mut progress)?;
     }
     let key_path = dir.join(KEY_FILE);
-    let key = match fs::read_to_string(&key_path) {
-        Ok(key) => key.trim().to_owned(),
+    match fs::read_to_string(&key_path) {
+        Ok(key) => Ok(key.trim().to_owned()),
         Err(_) => {
             let key = keys::new_key()?;
             write_private(&key_path, &key)?;
-            key
+            Ok(key)
         }
-    };
-    let config_path = dir.join(CONFIG_FILE);
-    let text = format!(
-        r#"# Written by `helixflow up`. Edit freely; it is rewritten only if deleted.
+    }
+}
+
+/// The model and key sections every generated config shares.
+fn model_and_key_toml(key: &str, replicas: u64) -> String {
+    format!(
+        r#"
+[[models]]
+id = "{MODEL_ID}"
+path = "models/{MODEL_ID}"
+aliases = ["demo"]
+kv_cache_mib = 256
+replicas = {replicas}
+
+[[keys]]
+name = "demo"
+sha256 = "{hash}"
+role = "admin"
+"#,
+        hash = KeyHash::of(key),
+    )
+}
+
+/// The banner printed once the cluster serves.
+fn banner(url: &str, key: &str, config_path: &Path) -> String {
+    format!(
+        "\nHelixFlow is serving `{MODEL_ID}` at {url}/v1 (config: {})\n\
+         API key: {key}\n\n\
+         Try it:\n  curl {url}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{MODEL_ID}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'\n\n\
+         (The demo model has random weights: expect fluent nonsense.) Ctrl-C stops it.\n",
+        config_path.display()
+    )
+}
+
+fn single(args: &UpArgs, key: &str) -> anyhow::Result<()> {
+    let config_path = args.data_dir.join(CONFIG_FILE);
+    if !config_path.is_file() {
+        let text = format!(
+            r#"# Written by `helixflow up`. Edit freely; it is rewritten only if deleted.
 [cluster]
 name = "up"
 
@@ -55,37 +103,22 @@ id = 1
 region = "local"
 http_addr = "{addr}"
 data_dir = "node-1"
-
-[[models]]
-id = "{MODEL_ID}"
-path = "models/{MODEL_ID}"
-aliases = ["demo"]
-kv_cache_mib = 256
-
-[[keys]]
-name = "demo"
-sha256 = "{hash}"
-role = "admin"
-"#,
-        addr = args.http_addr,
-        hash = KeyHash::of(&key),
-    );
-    if !config_path.is_file() {
+{rest}"#,
+            addr = args.http_addr,
+            rest = model_and_key_toml(key, 1),
+        );
         fs::write(&config_path, text)
             .with_context(|| format!("writing {}", config_path.display()))?;
     }
     let config = ClusterConfig::load(&config_path)?;
     let node_id = config.nodes[0].id;
-    node::serve(config, node_id, |addr| {
+    let key = key.to_owned();
+    node::serve(config, node_id, move |addr| {
         let url = format!("http://{addr}");
-        let mut err = std::io::stderr().lock();
         let _ = writeln!(
-            err,
-            "\nHelixFlow is serving `{MODEL_ID}` at {url}/v1 (config: {})\n\
-             API key: {key}\n\n\
-             Try it:\n  curl {url}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{MODEL_ID}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'\n\n\
-             (The demo model has random weights: expect fluent nonsense.) Ctrl-C stops it.\n",
-            config_path.display()
+            std::io::stderr().lock(),
+            "{}",
+            banner(&url, &key, &config_path)
         );
     })
 }

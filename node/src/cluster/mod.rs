@@ -1,0 +1,394 @@
+//! The node's side of the cluster: its Raft member (metadata in sled), its QUIC transport, the
+//! reports it exchanges with peers, and request forwarding.
+//!
+//! ```text
+//! Cluster
+//! ├── raft          openraft member; log + state machine in the process's sled database
+//! ├── transport     quinn endpoint with mutual TLS (absent in a one-node cluster)
+//! ├── service       answers peers' streams: Raft RPCs, reports, forwarded requests
+//! ├── reporter      sends this node's Report to every peer a few times a second
+//! ├── monitor       on the leader: seeds the cluster file, marks silent nodes suspect/down,
+//! │                 commits new placements
+//! └── reconcile     follows committed metadata: keys into Quota, placed models into workers
+//! ```
+//!
+//! Raft is never on the per-request path: requests are routed from local copies (the committed
+//! state and the peers' reports), and keys are checked against Quota's local copy.
+
+pub mod forward;
+pub mod monitor;
+pub mod network;
+pub mod peers;
+pub mod reconcile;
+pub mod routing;
+pub mod rpc;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use helixflow_actors::NodeHandle;
+use helixflow_consensus::raft::{NodeId, PeerNode, Raft, Request, open_stores};
+use helixflow_consensus::state::{ClusterState, Command};
+use helixflow_runtime::config::{ClusterConfig, NodeConfig, NodeId as ConfigNodeId};
+use helixflow_runtime::frame::StreamKind;
+use helixflow_runtime::transport::{NodeIdentity, Transport, TransportOptions};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::watch;
+
+use peers::Peers;
+use rpc::{Committed, RaftReply, RaftRpc, Report, WriteError};
+
+/// Raft timing: a leader's death is noticed after 0.4–0.8 s without heartbeats, so a new
+/// leader is normally in place well within 2 s.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const ELECTION_MIN: Duration = Duration::from_millis(400);
+const ELECTION_MAX: Duration = Duration::from_millis(800);
+/// How long a write may take to commit, leader changes included, before the caller gets 503.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a write waits for live nodes to apply it before returning anyway.
+const APPLY_DEADLINE: Duration = Duration::from_secs(3);
+
+pub struct Cluster {
+    pub me: NodeId,
+    pub region: String,
+    pub raft: Raft,
+    state: watch::Receiver<Arc<ClusterState>>,
+    transport: Option<Transport>,
+    pub peers: Peers,
+    /// This node's latest report (what it sends its peers; the router reads it too).
+    local: Mutex<Report>,
+    pub node: NodeHandle,
+    /// Peer QUIC addresses: the cluster file's, then the committed metadata's.
+    config_addrs: BTreeMap<NodeId, SocketAddr>,
+    pub draining: Arc<AtomicBool>,
+    pub config: ClusterConfig,
+}
+
+impl Cluster {
+    /// Opens the Raft member in `db`, binds the transport (multi-node clusters) and, on a
+    /// voter's first start, initialises the Raft group with the cluster file's voters. Nothing
+    /// runs until [`Cluster::spawn_tasks`].
+    pub async fn open(
+        config: &ClusterConfig,
+        me: &NodeConfig,
+        db: &sled::Db,
+        node: NodeHandle,
+        draining: Arc<AtomicBool>,
+    ) -> anyhow::Result<(
+        Arc<Cluster>,
+        Option<tokio::sync::mpsc::Receiver<helixflow_runtime::transport::Inbound>>,
+    )> {
+        let (log, sm) = open_stores(db).context("opening the Raft store")?;
+        let state = sm.subscribe();
+        let (transport, inbound) = match me.peer_addr {
+            None => (None, None),
+            Some(addr) => {
+                let dir = config
+                    .certs_dir
+                    .as_ref()
+                    .context("the cluster file names no certs_dir")?;
+                let identity = NodeIdentity::load(dir, me.id)
+                    .with_context(|| format!("loading {}'s certificate", me.id))?;
+                let (transport, inbound) =
+                    Transport::bind(addr, me.id, identity, TransportOptions::default())
+                        .with_context(|| format!("binding the peer transport on {addr}"))?;
+                (Some(transport), Some(inbound))
+            }
+        };
+        let raft_config = openraft::Config {
+            cluster_name: config.name.clone(),
+            heartbeat_interval: HEARTBEAT.as_millis() as u64,
+            election_timeout_min: ELECTION_MIN.as_millis() as u64,
+            election_timeout_max: ELECTION_MAX.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().context("Raft configuration")?);
+        let network = network::Network {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(me.id.0, raft_config, network, log, sm)
+            .await
+            .context("starting Raft")?;
+        if me.voter && !raft.is_initialized().await.context("reading Raft state")? {
+            // Every voter initialises with the same membership (safe, per openraft), so the
+            // group forms whichever voters come up first.
+            let voters: BTreeMap<NodeId, PeerNode> = config
+                .nodes
+                .iter()
+                .filter(|n| n.voter)
+                .map(|n| (n.id.0, peer_node(n)))
+                .collect();
+            if let Err(e) = raft.initialize(voters).await {
+                tracing::debug!(error = %e, "Raft initialise (another voter may have done it)");
+            }
+        }
+        let config_addrs = config
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.id.0, n.peer_addr?)))
+            .collect();
+        let cluster = Arc::new(Cluster {
+            me: me.id.0,
+            region: me.region.clone(),
+            raft,
+            state,
+            transport,
+            peers: Peers::default(),
+            local: Mutex::new(Report {
+                node: me.id.0,
+                ..Report::default()
+            }),
+            node,
+            config_addrs,
+            draining,
+            config: config.clone(),
+        });
+        Ok((cluster, inbound))
+    }
+
+    /// Starts the background tasks; they end when the returned guard is dropped.
+    pub fn spawn_tasks(
+        self: &Arc<Self>,
+        inbound: Option<tokio::sync::mpsc::Receiver<helixflow_runtime::transport::Inbound>>,
+        me: &NodeConfig,
+    ) -> Tasks {
+        let mut handles = vec![
+            tokio::spawn(peers::report_loop(self.clone())),
+            tokio::spawn(monitor::run(self.clone(), me.clone())),
+            tokio::spawn(reconcile::run(self.clone())),
+        ];
+        if let Some(inbound) = inbound {
+            handles.push(tokio::spawn(service::run(self.clone(), inbound)));
+        }
+        Tasks(handles)
+    }
+
+    /// The committed metadata as this node last applied it.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.clone()
+    }
+
+    pub fn transport(&self) -> Option<&Transport> {
+        self.transport.as_ref()
+    }
+
+    pub fn local_report(&self) -> Report {
+        self.local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_local_report(&self, report: Report) {
+        *self.local.lock().unwrap_or_else(PoisonError::into_inner) = report;
+    }
+
+    /// Where peer `node` listens for QUIC.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.state()
+            .nodes
+            .get(&ConfigNodeId(node))
+            .and_then(|n| n.peer_addr.parse().ok())
+            .or_else(|| self.config_addrs.get(&node).copied())
+    }
+
+    /// Every other node this one knows of.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        let state = self.state();
+        let mut ids: Vec<NodeId> = self
+            .config_addrs
+            .keys()
+            .copied()
+            .chain(state.nodes.keys().map(|n| n.0))
+            .filter(|&n| n != self.me)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Commits `command` through the leader (forwarding it when this node does not lead) and
+    /// returns once it is committed and applied by this node and every node heard from
+    /// recently, so the change is in effect everywhere that serves.
+    pub async fn write(&self, actor: &str, command: Command) -> Result<Committed, WriteError> {
+        let request = Request {
+            actor: actor.to_owned(),
+            command,
+        };
+        let committed = tokio::time::timeout(WRITE_DEADLINE, self.commit(request))
+            .await
+            .map_err(|_| WriteError::NoLeader(format!("no commit within {WRITE_DEADLINE:?}")))??;
+        self.wait_applied(committed.index).await;
+        Ok(committed)
+    }
+
+    /// Commits on this node if it leads; otherwise asks the leader, retrying through
+    /// elections.
+    async fn commit(&self, request: Request) -> Result<Committed, WriteError> {
+        loop {
+            let error = match self.commit_here(request.clone()).await {
+                Ok(committed) => return Ok(committed),
+                Err(WriteError::NotLeader {
+                    leader: Some(leader),
+                }) if leader != self.me => match self.commit_at(leader, &request).await {
+                    Ok(committed) => return Ok(committed),
+                    Err(WriteError::Fatal(e)) => return Err(WriteError::Fatal(e)),
+                    Err(e) => e,
+                },
+                Err(WriteError::Fatal(e)) => return Err(WriteError::Fatal(e)),
+                Err(e) => e,
+            };
+            tracing::debug!(%error, "metadata write: retrying");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Commits on this node; `NotLeader` when another node leads.
+    pub async fn commit_here(&self, request: Request) -> Result<Committed, WriteError> {
+        match self.raft.client_write(request).await {
+            Ok(response) => Ok(Committed {
+                index: response.log_id.index,
+                response: response.data,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(WriteError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(WriteError::NoLeader(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(WriteError::Fatal(e.to_string())),
+        }
+    }
+
+    async fn commit_at(&self, leader: NodeId, request: &Request) -> Result<Committed, WriteError> {
+        let transport = self
+            .transport
+            .as_ref()
+            .ok_or_else(|| WriteError::NoLeader("this node has no peer transport".into()))?;
+        let addr = self
+            .peer_addr(leader)
+            .ok_or_else(|| WriteError::NoLeader(format!("no address for node {leader}")))?;
+        let (mut send, mut recv) = transport
+            .open(ConfigNodeId(leader), addr, StreamKind::Raft)
+            .await
+            .map_err(|e| WriteError::NoLeader(e.to_string()))?;
+        send.send(&RaftRpc::Write(request.clone()))
+            .await
+            .map_err(|e| WriteError::NoLeader(e.to_string()))?;
+        let _ = send.finish();
+        match recv.recv::<RaftReply>().await {
+            Ok(Some(RaftReply::Write(result))) => result,
+            Ok(other) => Err(WriteError::NoLeader(format!(
+                "unexpected reply from node {leader}: {other:?}"
+            ))),
+            Err(e) => Err(WriteError::NoLeader(e.to_string())),
+        }
+    }
+
+    /// Waits (up to [`APPLY_DEADLINE`]) until this node and every peer heard from recently
+    /// report having applied log `index`.
+    async fn wait_applied(&self, index: u64) {
+        let deadline = Instant::now() + APPLY_DEADLINE;
+        let mut state = self.state.clone();
+        let _ = tokio::time::timeout(APPLY_DEADLINE, state.wait_for(|s| s.applied >= index)).await;
+        loop {
+            let lagging: Vec<NodeId> = self
+                .peer_ids()
+                .into_iter()
+                .filter(|&p| {
+                    self.peers
+                        .fresh(p)
+                        .is_some_and(|report| report.applied < index)
+                })
+                .collect();
+            if lagging.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(index, ?lagging, "nodes have not applied a write in time");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether this node serves: not draining, a Raft leader known, the metadata seeded,
+    /// placements committed, and every model placed here with a worker up.
+    pub async fn readiness(&self) -> Readiness {
+        let stats = self.node.scheduler_stats().await.unwrap_or_default();
+        let leader = self.raft.metrics().borrow().current_leader;
+        let metadata = self.state();
+        let me = ConfigNodeId(self.me);
+        let placed_here: Vec<String> = metadata
+            .placements
+            .iter()
+            .filter(|p| p.node == me)
+            .map(|p| p.model.clone())
+            .collect();
+        let loaded = placed_here.iter().all(|model| {
+            stats
+                .models
+                .iter()
+                .any(|m| m.model == *model && m.workers_up > 0)
+        });
+        let draining = self.is_draining();
+        Readiness {
+            // Placements are committed once the leader has seen the nodes up (epoch 0: not yet).
+            ready: !draining
+                && leader.is_some()
+                && metadata.seeded
+                && metadata.placement_epoch > 0
+                && loaded,
+            draining,
+            leader,
+            seeded: metadata.seeded,
+            placed_here,
+            stats,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// See [`Cluster::readiness`].
+pub struct Readiness {
+    pub ready: bool,
+    pub draining: bool,
+    pub leader: Option<NodeId>,
+    pub seeded: bool,
+    pub placed_here: Vec<String>,
+    pub stats: helixflow_actors::scheduler::SchedulerStats,
+}
+
+/// Background tasks of a [`Cluster`]; dropping this stops them.
+pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+pub fn peer_node(node: &NodeConfig) -> PeerNode {
+    PeerNode {
+        peer_addr: node.peer_addr.map(|a| a.to_string()).unwrap_or_default(),
+        http_addr: node.http_addr.to_string(),
+    }
+}
