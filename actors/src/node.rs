@@ -87,6 +87,9 @@ impl NodeSupervisorActor {
     pub async fn start(
         spec: NodeSpec,
     ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), ActorProcessingErr> {
+        // Tickets (and the response ids made from them) are unique across the cluster: the
+        // node id is in the high bits.
+        let first_ticket = (spec.node.id.0 << 40) | 1;
         let (supervisor, join) = Actor::spawn(None, NodeSupervisorActor, spec).await?;
         let (scheduler, quota) = match supervisor.call(NodeSupervisorMsg::Refs, None).await? {
             ractor::rpc::CallResult::Success(refs) => refs,
@@ -97,7 +100,7 @@ impl NodeSupervisorActor {
                 supervisor,
                 scheduler,
                 quota,
-                next_ticket: Arc::new(AtomicU64::new(1)),
+                next_ticket: Arc::new(AtomicU64::new(first_ticket)),
             },
             join,
         ))

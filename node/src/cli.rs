@@ -30,6 +30,9 @@ pub enum Command {
     Models(ModelsArgs),
     /// The cluster CA and node certificates for mutual TLS between nodes.
     Certs(CertsArgs),
+    /// Add a running node (not one of the config's voters) to the cluster: it joins as a learner
+    /// and is promoted to voter once it has caught up.
+    Join(JoinArgs),
     /// Load-test a running node over its OpenAI API: TTFT, inter-token latency, throughput.
     Bench(helixflow_benches::load::LoadArgs),
     /// Generate text from a model directory, like llama-cli.
@@ -178,6 +181,17 @@ pub struct AdminArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The joining node's cluster config (its [[nodes]] entry gives the addresses).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub id: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct ModelsArgs {
     #[command(subcommand)]
     pub command: ModelsCommand,
@@ -202,6 +216,9 @@ pub enum CertsCommand {
     Init {
         #[arg(long)]
         config: PathBuf,
+        /// Write here instead of the config's certs_dir.
+        #[arg(long)]
+        certs_dir: Option<PathBuf>,
     },
     /// Issue a certificate for one more node with the existing CA (a node joining later).
     Issue {
@@ -229,6 +246,9 @@ pub struct NodeArgs {
     /// Keep state here instead of the config's data_dir.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Read the CA and node certificates from here instead of the config's certs_dir.
+    #[arg(long)]
+    pub certs_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +312,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             ModelsCommand::List(admin) => commands::admin::models(admin),
         },
         Command::Certs(args) => commands::certs::run(args),
+        Command::Join(args) => commands::admin::join(args),
         Command::Bench(args) => helixflow_benches::load::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::GenModel(args) => commands::gen_model::run(args),

@@ -3,6 +3,7 @@
 //!
 //! - `GET /admin/v1/cluster`: leader, term, nodes (region, zone, status, devices, load) and
 //!   placements, as this node sees them.
+//! - `POST /admin/v1/nodes`: adds a running node as a learner, then promotes it to voter.
 //! - `GET /admin/v1/keys`, `POST /admin/v1/keys`, `DELETE /admin/v1/keys/{name}`: a write
 //!   returns once it is committed and applied by every node heard from recently, so a revoked
 //!   key is refused everywhere once the `DELETE` returns. Any node takes writes; it forwards them
@@ -11,8 +12,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use helixflow_consensus::state::{Command, KeyRecord, Rejected};
-use helixflow_runtime::config::Role;
+use helixflow_consensus::placement::{DeviceInfo, NodeStatus};
+use helixflow_consensus::state::{Command, KeyRecord, NodeRecord, Rejected};
+use helixflow_runtime::config::{NodeId, Role};
 use helixflow_runtime::keys::KeyHash;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -91,6 +93,70 @@ pub async fn status(
             "model": p.model, "node": p.node.0, "device": p.device, "epoch": p.epoch,
         })).collect::<Vec<_>>(),
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    pub id: u64,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    pub http_addr: String,
+    pub peer_addr: String,
+    /// Memory of each device, in bytes (one CPU device with the default when left out).
+    #[serde(default)]
+    pub device_memory_bytes: Vec<u64>,
+}
+
+/// `POST /admin/v1/nodes`: adds a node (already running, with a certificate from the cluster
+/// CA) as a learner, promotes it to voter once it has caught up, and registers it.
+pub async fn add_node(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ValidJson(body): ValidJson<AddNode>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    admin(&caller)?;
+    for (field, value) in [("http_addr", &body.http_addr), ("peer_addr", &body.peer_addr)] {
+        if value.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::invalid(field, format!("{field} {value:?} is not IP:PORT")));
+        }
+    }
+    if body.id == 0 {
+        return Err(ApiError::invalid("id", "node ids start at 1"));
+    }
+    let region = body.region.unwrap_or_else(|| "default".into());
+    let memory = if body.device_memory_bytes.is_empty() {
+        vec![16 << 30]
+    } else {
+        body.device_memory_bytes
+    };
+    let record = NodeRecord {
+        id: NodeId(body.id),
+        zone: body.zone.unwrap_or_else(|| region.clone()),
+        region,
+        peer_addr: body.peer_addr,
+        http_addr: body.http_addr,
+        devices: memory
+            .into_iter()
+            .enumerate()
+            .map(|(ordinal, memory_bytes)| DeviceInfo {
+                ordinal: ordinal as u32,
+                memory_bytes,
+            })
+            .collect(),
+        status: NodeStatus::Joining,
+    };
+    let committed = state.cluster.join(record).await?;
+    committed
+        .response
+        .0
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": body.id, "voter": true, "applied": committed.index})),
+    ))
 }
 
 fn key_json(key: &KeyRecord) -> Value {

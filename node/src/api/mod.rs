@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage", get(ops::usage))
         .route("/admin/v1/fault", post(admin::fault))
         .route("/admin/v1/cluster", get(cluster::status))
+        .route("/admin/v1/nodes", post(cluster::add_node))
         .route(
             "/admin/v1/keys",
             get(cluster::list_keys).post(cluster::create_key),

@@ -339,7 +339,7 @@ pub async fn host(
     mut send: FrameSender,
     mut recv: FrameReceiver,
 ) {
-    let forward = match recv.recv::<Forward>().await {
+    let mut forward = match recv.recv::<Forward>().await {
         Ok(Some(forward)) => forward,
         Ok(None) => return,
         Err(e) => {
@@ -347,6 +347,8 @@ pub async fn host(
             return;
         }
     };
+    // The ingress node's ticket means nothing here: this scheduler keys requests by its own.
+    forward.request.ticket = cluster.node.next_ticket();
     let mut submission = match cluster
         .node
         .submit(forward.request, forward.key_limit)

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use helixflow_actors::NodeHandle;
 use helixflow_consensus::raft::{NodeId, PeerNode, Raft, Request, open_stores};
-use helixflow_consensus::state::{ClusterState, Command};
+use helixflow_consensus::state::{ClusterState, Command, NodeRecord};
 use helixflow_runtime::config::{ClusterConfig, NodeConfig, NodeId as ConfigNodeId};
 use helixflow_runtime::frame::StreamKind;
 use helixflow_runtime::transport::{NodeIdentity, Transport, TransportOptions};
@@ -52,12 +52,17 @@ const ELECTION_MAX: Duration = Duration::from_millis(800);
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a write waits for live nodes to apply it before returning anyway.
 const APPLY_DEADLINE: Duration = Duration::from_secs(3);
+/// How long adding a node may take (it must catch up with the log first).
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Cluster {
     pub me: NodeId,
     pub region: String,
     pub raft: Raft,
     state: watch::Receiver<Arc<ClusterState>>,
+    /// The last applied index whose keys are in effect here (Quota has them): what this node
+    /// reports as applied, so a write that waited for it is honoured by the next request.
+    effective: watch::Sender<u64>,
     transport: Option<Transport>,
     pub peers: Peers,
     /// This node's latest report (what it sends its peers; the router reads it too).
@@ -139,6 +144,7 @@ impl Cluster {
             region: me.region.clone(),
             raft,
             state,
+            effective: watch::Sender::new(0),
             transport,
             peers: Peers::default(),
             local: Mutex::new(Report {
@@ -256,24 +262,24 @@ impl Cluster {
 
     /// Commits on this node; `NotLeader` when another node leads.
     pub async fn commit_here(&self, request: Request) -> Result<Committed, WriteError> {
-        match self.raft.client_write(request).await {
-            Ok(response) => Ok(Committed {
-                index: response.log_id.index,
-                response: response.data,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(WriteError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(WriteError::NoLeader(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(WriteError::Fatal(e.to_string())),
-        }
+        let response = self.raft.client_write(request).await.map_err(write_error)?;
+        Ok(Committed {
+            index: response.log_id.index,
+            response: response.data,
+        })
     }
 
     async fn commit_at(&self, leader: NodeId, request: &Request) -> Result<Committed, WriteError> {
+        match self.ask_leader(leader, &RaftRpc::Write(request.clone())).await? {
+            RaftReply::Write(result) => result,
+            other => Err(WriteError::NoLeader(format!(
+                "unexpected reply from node {leader}: {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends one leader-only RPC to `leader` and returns its reply.
+    async fn ask_leader(&self, leader: NodeId, rpc: &RaftRpc) -> Result<RaftReply, WriteError> {
         let transport = self
             .transport
             .as_ref()
@@ -285,25 +291,88 @@ impl Cluster {
             .open(ConfigNodeId(leader), addr, StreamKind::Raft)
             .await
             .map_err(|e| WriteError::NoLeader(e.to_string()))?;
-        send.send(&RaftRpc::Write(request.clone()))
+        send.send(rpc)
             .await
             .map_err(|e| WriteError::NoLeader(e.to_string()))?;
         let _ = send.finish();
         match recv.recv::<RaftReply>().await {
-            Ok(Some(RaftReply::Write(result))) => result,
-            Ok(other) => Err(WriteError::NoLeader(format!(
-                "unexpected reply from node {leader}: {other:?}"
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(WriteError::NoLeader(format!(
+                "node {leader} closed the stream without a reply"
             ))),
             Err(e) => Err(WriteError::NoLeader(e.to_string())),
         }
+    }
+
+    /// Adds a node to the cluster: a learner first (this returns once it has caught up with the
+    /// log), then a voter, then its record in the metadata. Runs on the leader; other nodes
+    /// forward it there.
+    pub async fn join(&self, record: NodeRecord) -> Result<Committed, WriteError> {
+        let deadline = Instant::now() + JOIN_DEADLINE;
+        loop {
+            let error = match self.join_here(record.clone()).await {
+                Ok(committed) => return Ok(committed),
+                Err(WriteError::NotLeader {
+                    leader: Some(leader),
+                }) if leader != self.me => {
+                    match self.ask_leader(leader, &RaftRpc::Join(record.clone())).await {
+                        Ok(RaftReply::Join(Ok(committed))) => return Ok(committed),
+                        Ok(RaftReply::Join(Err(WriteError::Fatal(e)))) => {
+                            return Err(WriteError::Fatal(e));
+                        }
+                        Ok(RaftReply::Join(Err(e))) | Err(e) => e,
+                        Ok(other) => WriteError::NoLeader(format!("unexpected reply {other:?}")),
+                    }
+                }
+                Err(WriteError::Fatal(e)) => return Err(WriteError::Fatal(e)),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn join_here(&self, record: NodeRecord) -> Result<Committed, WriteError> {
+        let id = record.id.0;
+        let node = PeerNode {
+            peer_addr: record.peer_addr.clone(),
+            http_addr: record.http_addr.clone(),
+        };
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !voters.contains(&id) {
+            self.raft
+                .add_learner(id, node, true)
+                .await
+                .map_err(write_error)?;
+            let voter = std::collections::BTreeSet::from([id]);
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(voter), false)
+                .await
+                .map_err(write_error)?;
+            tracing::info!(node = id, "node joined as a voter");
+        }
+        self.commit_here(Request {
+            actor: "leader".into(),
+            command: Command::RegisterNode(record),
+        })
+        .await
     }
 
     /// Waits (up to [`APPLY_DEADLINE`]) until this node and every peer heard from recently
     /// report having applied log `index`.
     async fn wait_applied(&self, index: u64) {
         let deadline = Instant::now() + APPLY_DEADLINE;
-        let mut state = self.state.clone();
-        let _ = tokio::time::timeout(APPLY_DEADLINE, state.wait_for(|s| s.applied >= index)).await;
+        let mut effective = self.effective.subscribe();
+        let _ = tokio::time::timeout(APPLY_DEADLINE, effective.wait_for(|&i| i >= index)).await;
         loop {
             let lagging: Vec<NodeId> = self
                 .peer_ids()
@@ -360,8 +429,33 @@ impl Cluster {
         }
     }
 
+    /// See [`Cluster::effective`].
+    pub fn effective_index(&self) -> u64 {
+        *self.effective.borrow()
+    }
+
+    pub fn subscribe_effective(&self) -> watch::Receiver<u64> {
+        self.effective.subscribe()
+    }
+
+    fn set_effective(&self, index: u64) {
+        self.effective.send_replace(index);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+}
+
+fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>) -> WriteError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => WriteError::NotLeader {
+            leader: forward.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            WriteError::NoLeader(e.to_string())
+        }
+        RaftError::Fatal(e) => WriteError::Fatal(e.to_string()),
     }
 }
 

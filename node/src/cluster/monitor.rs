@@ -125,10 +125,16 @@ fn export(
     }
 }
 
-/// The cluster file as metadata.
+/// The cluster file as metadata. Only the voters are registered: other nodes of the file join
+/// through the admin API (`helixflow join`), which registers them once they are members.
 pub fn seed(config: &ClusterConfig) -> Command {
     Command::Seed {
-        nodes: config.nodes.iter().map(node_record).collect(),
+        nodes: config
+            .nodes
+            .iter()
+            .filter(|n| n.voter)
+            .map(node_record)
+            .collect(),
         models: config.models.iter().map(catalog_entry).collect(),
         keys: config.keys.iter().map(key_record).collect(),
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use helixflow_consensus::raft::NodeId;
 use helixflow_runtime::config::NodeId as ConfigNodeId;
 use helixflow_runtime::frame::StreamKind;
+use helixflow_runtime::metric_names;
 use helixflow_runtime::transport::FrameReceiver;
 
 use super::Cluster;
@@ -51,13 +52,13 @@ impl Peers {
 /// Refreshes this node's report from its scheduler and sends it to every peer.
 pub async fn report_loop(cluster: Arc<Cluster>) {
     let mut senders: HashMap<NodeId, tokio::sync::mpsc::Sender<Report>> = HashMap::new();
-    let mut state = cluster.subscribe();
+    let mut effective = cluster.subscribe_effective();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            changed = state.changed() => if changed.is_err() { return },
+            changed = effective.changed() => if changed.is_err() { return },
         }
         let models = match cluster.node.scheduler_stats().await {
             Ok(stats) => stats.models,
@@ -65,13 +66,17 @@ pub async fn report_loop(cluster: Arc<Cluster>) {
         };
         let report = Report {
             node: cluster.me,
-            applied: cluster.state().applied,
+            applied: cluster.effective_index(),
             models,
             draining: cluster.is_draining(),
         };
         cluster.set_local_report(report.clone());
-        if cluster.transport().is_none() {
+        let Some(transport) = cluster.transport() else {
             continue;
+        };
+        for (peer, rtt) in transport.peer_rtts() {
+            metrics::gauge!(metric_names::QUIC_PEER_RTT, "peer" => peer.0.to_string())
+                .set(rtt.as_secs_f64());
         }
         for peer in cluster.peer_ids() {
             let sender = senders.entry(peer).or_insert_with(|| {

@@ -10,6 +10,7 @@ use helixflow_runtime::keys::KeyHash;
 
 use super::Cluster;
 
+
 /// Requests of one key that may wait at a node (keys committed through the admin API).
 const DEFAULT_MAX_QUEUED: usize = 256;
 
@@ -33,6 +34,9 @@ pub async fn run(cluster: Arc<Cluster>) {
             }
             keys_seen = Some(keys);
         }
+        // Quota's mailbox is ordered: a request authenticated after this point sees the keys
+        // cast above, so this node may now report the index as in effect.
+        cluster.set_effective(current.applied);
         let placed = placed_here(&cluster, &current);
         let ids: Vec<String> = placed.iter().map(|m| m.id.clone()).collect();
         if models_seen.as_ref() != Some(&ids) {

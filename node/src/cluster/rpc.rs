@@ -12,6 +12,7 @@
 use helixflow_actors::scheduler::{ModelLoad, Rejection};
 use helixflow_actors::{InferenceEvent, InferenceRequest};
 use helixflow_consensus::raft::{NodeId, Request, Response, TypeConfig};
+use helixflow_consensus::state::NodeRecord;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -26,6 +27,8 @@ pub enum RaftRpc {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A metadata write sent to the node believed to lead.
     Write(Request),
+    /// Add a node: as a learner, then (once it caught up) as a voter. Leader only.
+    Join(NodeRecord),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,6 +37,7 @@ pub enum RaftReply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Write(Result<Committed, WriteError>),
+    Join(Result<Committed, WriteError>),
 }
 
 /// A committed write: its log index and what applying it answered.

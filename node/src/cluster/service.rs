@@ -49,6 +49,7 @@ async fn raft_rpc(cluster: Arc<Cluster>, mut send: FrameSender, mut recv: FrameR
         }
         // Forwarded once only: a node that does not lead answers who does.
         RaftRpc::Write(request) => RaftReply::Write(cluster.commit_here(request).await),
+        RaftRpc::Join(record) => RaftReply::Join(cluster.join_here(record).await),
     };
     if let Err(e) = send.send(&reply).await {
         tracing::debug!(error = %e, "answering a Raft RPC");

@@ -265,6 +265,32 @@ pub fn list_keys(admin: &AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn join(args: crate::cli::JoinArgs) -> anyhow::Result<()> {
+    let config = helixflow_runtime::config::ClusterConfig::load(&args.config)?;
+    let id = helixflow_runtime::config::NodeId(args.id);
+    let node = config
+        .node(id)
+        .with_context(|| format!("{id} is not in {}", args.config.display()))?;
+    let peer_addr = node
+        .peer_addr
+        .with_context(|| format!("{id} has no peer_addr in {}", args.config.display()))?;
+    let body = call(
+        &args.admin,
+        reqwest::Method::POST,
+        "/admin/v1/nodes",
+        Some(json!({
+            "id": args.id,
+            "region": node.region,
+            "zone": node.zone,
+            "http_addr": node.http_addr.to_string(),
+            "peer_addr": peer_addr.to_string(),
+            "device_memory_bytes": node.devices.iter().map(|d| d.memory_bytes()).collect::<Vec<_>>(),
+        })),
+    )?;
+    println!("{id} joined the cluster as a voter (log index {})", body["applied"]);
+    Ok(())
+}
+
 pub fn revoke_key(admin: &AdminArgs, name: &str) -> anyhow::Result<()> {
     let path = format!("/admin/v1/keys/{}", urlencode(name));
     call(admin, reqwest::Method::DELETE, &path, None)?;

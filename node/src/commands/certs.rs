@@ -12,9 +12,12 @@ use crate::cli::{CertsArgs, CertsCommand};
 
 pub fn run(args: CertsArgs) -> anyhow::Result<()> {
     match args.command {
-        CertsCommand::Init { config } => {
+        CertsCommand::Init { config, certs_dir: out } => {
             let cluster = ClusterConfig::load(&config)?;
-            let dir = certs_dir(&cluster, &config)?;
+            let dir = match out {
+                Some(dir) => dir,
+                None => certs_dir(&cluster, &config)?,
+            };
             let nodes: Vec<(NodeId, Vec<IpAddr>)> =
                 cluster.nodes.iter().map(|n| (n.id, node_ips(n))).collect();
             init_certs(&dir, &cluster.name, &nodes)?;

@@ -30,6 +30,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         node.data_dir = dir;
     }
+    if let Some(dir) = args.certs_dir {
+        config.certs_dir = Some(dir);
+    }
     serve(config, node_id, |_| {})
 }
 

@@ -1,0 +1,430 @@
+//! A real multi-process cluster in a temporary directory: the cluster file (free 127.0.0.1
+//! ports, the tiny-llama fixture, an admin key), certificates from `helixflow certs init`, and
+//! one [`NodeProcess`] per node with its own data directory and log file.
+//!
+//! Dropping a [`Cluster`] kills every node. When the test is panicking it first prints the tail
+//! of every node's log and the seed, and keeps the directory for a post-mortem.
+//!
+//! What the nodes promise (leaders, placements, keys) is the tests' business, not this module's;
+//! it only offers ways to look (status, readiness) and to hurt (kill, terminate, pause).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+use crate::binary::helixflow_binary;
+use crate::env;
+use crate::http::{Client, ClusterStatus, MODEL};
+use crate::node::{Liveness, NodeProcess};
+use crate::ports::{Protocol, free_port};
+use crate::seed::ChaosRng;
+use crate::wait::wait_for;
+
+/// The admin key of every chaos cluster (it lives only as long as the test).
+pub const ADMIN_KEY: &str = "hf-chaos-admin";
+/// How long nodes get to become ready: model load, Raft election and first placement take a
+/// few seconds; the rest is slack for a loaded two-core machine.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Log lines printed per node when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Raft voters, started by [`Cluster::start`]: nodes `1..=voters`.
+    pub voters: usize,
+    /// Nodes listed in the cluster file as `voter = false` after the voters, not started.
+    pub listed_non_voters: usize,
+    /// Replicas of tiny-llama.
+    pub replicas: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            voters: 3,
+            listed_non_voters: 0,
+            replicas: 2,
+        }
+    }
+}
+
+/// What the cluster file says of one node.
+#[derive(Clone, Debug)]
+struct NodeSpec {
+    id: u64,
+    voter: bool,
+    http_addr: SocketAddr,
+    peer_addr: SocketAddr,
+}
+
+pub struct Cluster {
+    test: String,
+    seed: u64,
+    /// `None` once kept for a post-mortem.
+    dir: Option<TempDir>,
+    root: PathBuf,
+    binary: PathBuf,
+    config: PathBuf,
+    specs: Vec<NodeSpec>,
+    options: ClusterOptions,
+    nodes: Vec<NodeProcess>,
+    pub client: Client,
+}
+
+impl Cluster {
+    /// Writes the cluster file and certificates, starts the voters and waits until each is
+    /// ready (`GET /ready` answers 200).
+    pub async fn start(test: &str, rng: &ChaosRng, options: ClusterOptions) -> Cluster {
+        let mut cluster = Cluster::prepare(test, rng, options);
+        let voters: Vec<u64> = cluster
+            .specs
+            .iter()
+            .filter(|s| s.voter)
+            .map(|s| s.id)
+            .collect();
+        for &id in &voters {
+            cluster.node_mut(id).start();
+        }
+        let took = cluster.wait_ready(&voters, READY_DEADLINE).await;
+        eprintln!(
+            "[chaos] {test}: {} nodes ready in {took:?} ({})",
+            voters.len(),
+            cluster.root.display()
+        );
+        cluster
+    }
+
+    /// Writes the cluster file and certificates; starts nothing.
+    ///
+    /// # Panics
+    /// When the binary is missing, or the directory, file or certificates cannot be made.
+    pub fn prepare(test: &str, rng: &ChaosRng, options: ClusterOptions) -> Cluster {
+        let binary = helixflow_binary();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("helixflow-chaos-{test}-"))
+            .tempdir()
+            .expect("creating a temporary directory");
+        let root = dir.path().to_owned();
+        let count = options.voters + options.listed_non_voters;
+        let specs: Vec<NodeSpec> = (1..=count as u64)
+            .map(|id| NodeSpec {
+                id,
+                voter: id <= options.voters as u64,
+                http_addr: free_port(Protocol::Tcp),
+                peer_addr: free_port(Protocol::Udp),
+            })
+            .collect();
+        let config = root.join("cluster.toml");
+        let nodes = specs
+            .iter()
+            .map(|s| {
+                NodeProcess::new(
+                    s.id,
+                    s.http_addr,
+                    s.peer_addr,
+                    &binary,
+                    &config,
+                    root.join(format!("node-{}.log", s.id)),
+                )
+            })
+            .collect();
+        let cluster = Cluster {
+            test: test.to_owned(),
+            seed: rng.seed(),
+            dir: Some(dir),
+            root,
+            binary,
+            config,
+            specs,
+            options,
+            nodes,
+            client: Client::new(ADMIN_KEY),
+        };
+        cluster.write_config(&cluster.config, "certs");
+        cluster
+    }
+
+    /// Writes a copy of the cluster file that differs only in `certs_dir`, and makes a new CA
+    /// and node certificates there with `helixflow certs init`: what an outsider with the same
+    /// node ids but its own CA would have. Returns the file's path.
+    pub fn write_config_with_own_ca(&self, file_name: &str, certs_dir: &str) -> PathBuf {
+        let path = self.root.join(file_name);
+        self.write_config(&path, certs_dir);
+        path
+    }
+
+    fn write_config(&self, path: &Path, certs_dir: &str) {
+        std::fs::write(path, self.config_text(certs_dir))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        let output = Command::new(&self.binary)
+            .args(["certs", "init", "--config"])
+            .arg(path)
+            .output()
+            .unwrap_or_else(|e| panic!("running {} certs init: {e}", self.binary.display()));
+        assert!(
+            output.status.success(),
+            "helixflow certs init --config {} failed ({}):\n{}{}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn config_text(&self, certs_dir: &str) -> String {
+        let mut text = format!(
+            "# Written by the chaos harness for `{test}` (seed {seed}).\n\
+             [cluster]\nname = \"chaos\"\ncerts_dir = {certs}\n",
+            test = self.test,
+            seed = self.seed,
+            certs = toml_string(certs_dir),
+        );
+        for spec in &self.specs {
+            let _ = write!(
+                text,
+                "\n[[nodes]]\nid = {id}\nregion = \"local\"\nzone = \"local-{id}\"\n\
+                 http_addr = \"{http}\"\npeer_addr = \"{peer}\"\nvoter = {voter}\n\
+                 data_dir = \"node-{id}\"\ndevices = [{{ kind = \"cpu\", threads = 1 }}]\n",
+                id = spec.id,
+                http = spec.http_addr,
+                peer = spec.peer_addr,
+                voter = spec.voter,
+            );
+        }
+        let _ = write!(
+            text,
+            "\n[[models]]\nid = \"{MODEL}\"\npath = {path}\nreplicas = {replicas}\n\
+             kv_cache_mib = 16\nmax_running = 16\n\
+             \n[[keys]]\nname = \"chaos-admin\"\nsha256 = \"{admin}\"\nrole = \"admin\"\n\
+             \n[limits]\nshutdown_grace_secs = 5\n",
+            path = toml_string(&fixture_dir().display().to_string()),
+            replicas = self.options.replicas,
+            admin = sha256_hex(ADMIN_KEY),
+        );
+        text
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every node id the cluster file lists, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        self.specs.iter().map(|s| s.id).collect()
+    }
+
+    /// The listed nodes whose process runs (not paused, killed or terminated).
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.liveness() == Liveness::Running)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// # Panics
+    /// When the cluster file lists no node `id`.
+    pub fn node(&self, id: u64) -> &NodeProcess {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("the cluster has no node {id}"))
+    }
+
+    /// # Panics
+    /// When the cluster file lists no node `id`.
+    pub fn node_mut(&mut self, id: u64) -> &mut NodeProcess {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("the cluster has no node {id}"))
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        self.node(id).url()
+    }
+
+    /// Waits until every node of `ids` answers `GET /ready` with 200; returns how long it took.
+    ///
+    /// # Panics
+    /// When one exits meanwhile, or `deadline` passes.
+    pub async fn wait_ready(&mut self, ids: &[u64], deadline: Duration) -> Duration {
+        let ((), took) = wait_for(deadline, &format!("nodes {ids:?} to be ready"), || {
+            let exited: Vec<String> = ids
+                .iter()
+                .filter_map(|&id| {
+                    let status = self.node_mut(id).exited()?;
+                    Some(format!("node-{id} exited with {status}"))
+                })
+                .collect();
+            assert!(exited.is_empty(), "{}", exited.join("; "));
+            let client = self.client.clone();
+            let urls: Vec<(u64, String)> = ids.iter().map(|&id| (id, self.url(id))).collect();
+            async move {
+                for (id, url) in urls {
+                    if !client.ready(&url, Duration::from_secs(2)).await {
+                        return Err(format!("node-{id} not ready"));
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await;
+        took
+    }
+
+    /// Node `id`'s view of the cluster.
+    ///
+    /// # Panics
+    /// When it does not answer 200.
+    pub async fn status(&self, id: u64) -> ClusterStatus {
+        self.client
+            .cluster_status(&self.url(id))
+            .await
+            .unwrap_or_else(|e| panic!("GET /admin/v1/cluster on node-{id}: {e:#}"))
+    }
+
+    /// Waits until every node of `ids` names the same leader, and returns it with its term.
+    ///
+    /// # Panics
+    /// When they do not agree within `deadline`.
+    pub async fn agreed_leader(&self, ids: &[u64], deadline: Duration) -> (u64, u64) {
+        let (leader, _) = wait_for(
+            deadline,
+            &format!("nodes {ids:?} to agree on a leader"),
+            || {
+                let client = self.client.clone();
+                let urls: Vec<(u64, String)> = ids.iter().map(|&id| (id, self.url(id))).collect();
+                async move {
+                    let mut agreed: Option<(u64, u64)> = None;
+                    for (id, url) in urls {
+                        let status = client
+                            .cluster_status_within(&url, Duration::from_secs(2))
+                            .await
+                            .map_err(|e| format!("node-{id}: {e:#}"))?;
+                        let leader = status
+                            .leader
+                            .ok_or_else(|| format!("node-{id} knows no leader"))?;
+                        match agreed {
+                            None => agreed = Some((leader, status.term)),
+                            Some((l, _)) if l == leader => {}
+                            Some((l, _)) => {
+                                return Err(format!("node-{id} says {leader}, another says {l}"));
+                            }
+                        }
+                    }
+                    agreed.ok_or_else(|| "no nodes asked".to_owned())
+                }
+            },
+        )
+        .await;
+        leader
+    }
+
+    /// kill -9 node `id`.
+    pub fn kill(&mut self, id: u64) {
+        eprintln!("[chaos] {}: kill -9 node-{id}", self.test);
+        self.node_mut(id).kill();
+    }
+
+    /// Starts node `id` (again) on its data directory.
+    pub fn start_node(&mut self, id: u64) {
+        eprintln!("[chaos] {}: starting node-{id}", self.test);
+        self.node_mut(id).start();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let keep = failed || std::env::var_os(env::KEEP_DIR).is_some();
+        if failed {
+            let mut report = format!(
+                "\n[chaos] {} failed (seed {}; replay with {}={})\n",
+                self.test,
+                self.seed,
+                env::SEED,
+                self.seed
+            );
+            for node in &self.nodes {
+                let _ = write!(
+                    report,
+                    "----- node-{} log ({}), last {LOG_TAIL_LINES} lines -----\n{}\n",
+                    node.id,
+                    node.log_path().display(),
+                    node.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            eprintln!("{report}");
+        }
+        if keep && let Some(dir) = self.dir.take() {
+            eprintln!(
+                "[chaos] {}: kept {} (configs, certificates, data, logs)",
+                self.test,
+                dir.keep().display()
+            );
+        }
+    }
+}
+
+/// The tiny-llama fixture of the repository.
+pub fn fixture_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama");
+    dir.canonicalize()
+        .unwrap_or_else(|e| panic!("the tiny-llama fixture at {}: {e}", dir.display()))
+}
+
+/// The SHA-256 of `key` in lowercase hex, as the cluster file's `sha256` wants it.
+pub fn sha256_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(quoted, "\\u{:04X}", c as u32);
+            }
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hash_is_sha256_hex() {
+        // The FIPS 180-2 test vector; `helixflow keys hash abc` prints the same.
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn toml_strings_escape() {
+        assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+}
