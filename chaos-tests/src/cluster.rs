@@ -19,7 +19,7 @@ use tempfile::TempDir;
 
 use crate::binary::helixflow_binary;
 use crate::env;
-use crate::http::{Client, ClusterStatus, MODEL};
+use crate::http::{Client, ClusterStatus, MODEL, greedy_chat};
 use crate::node::{Liveness, NodeProcess};
 use crate::ports::{Protocol, free_port};
 use crate::seed::ChaosRng;
@@ -77,8 +77,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes the cluster file and certificates, starts the voters and waits until each is
-    /// ready (`GET /ready` answers 200).
+    /// Writes the cluster file and certificates, starts the voters and waits until each
+    /// serves (see [`Cluster::launch`]).
     pub async fn start(test: &str, rng: &ChaosRng, options: ClusterOptions) -> Cluster {
         let mut cluster = Cluster::prepare(test, rng, options);
         let voters: Vec<u64> = cluster
@@ -87,16 +87,26 @@ impl Cluster {
             .filter(|s| s.voter)
             .map(|s| s.id)
             .collect();
-        for &id in &voters {
-            cluster.node_mut(id).start();
-        }
-        let took = cluster.wait_ready(&voters, READY_DEADLINE).await;
-        eprintln!(
-            "[chaos] {test}: {} nodes ready in {took:?} ({})",
-            voters.len(),
-            cluster.root.display()
-        );
+        cluster.launch(&voters).await;
         cluster
+    }
+
+    /// Starts nodes `ids` and waits until each is ready (`GET /ready` answers 200) and serves
+    /// tiny-llama.
+    pub async fn launch(&mut self, ids: &[u64]) {
+        for &id in ids {
+            self.node_mut(id).start();
+        }
+        let ready = self.wait_ready(ids, READY_DEADLINE).await;
+        // `/ready` says the node's own part is done; it may not have heard yet that the model
+        // is up elsewhere (peers report every 200 ms) and answer 503 meanwhile. Tests start
+        // from a cluster where every node serves.
+        let serving = self.wait_serving(ids, READY_DEADLINE).await;
+        eprintln!(
+            "[chaos] {}: nodes {ids:?} ready in {ready:?}, all serving {serving:?} later ({})",
+            self.test,
+            self.root.display()
+        );
     }
 
     /// Writes the cluster file and certificates; starts nothing.
@@ -278,6 +288,32 @@ impl Cluster {
         took
     }
 
+    /// Waits until every node of `ids` answers a one-token chat request with 200 (served
+    /// locally or forwarded); returns how long it took.
+    ///
+    /// # Panics
+    /// When `deadline` passes first.
+    pub async fn wait_serving(&self, ids: &[u64], deadline: Duration) -> Duration {
+        let urls: Vec<(u64, String)> = ids.iter().map(|&id| (id, self.url(id))).collect();
+        let ((), took) = wait_for(deadline, &format!("nodes {ids:?} to serve {MODEL}"), || {
+            let (client, urls) = (self.client.clone(), urls.clone());
+            async move {
+                for (id, url) in urls {
+                    let reply = client
+                        .chat(&url, client.admin_key(), &greedy_chat("ping", 1))
+                        .await
+                        .map_err(|e| format!("node-{id}: {e:#}"))?;
+                    if reply.status != 200 {
+                        return Err(format!("node-{id}: HTTP {}: {}", reply.status, reply.body));
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await;
+        took
+    }
+
     /// Node `id`'s view of the cluster.
     ///
     /// # Panics
@@ -324,6 +360,29 @@ impl Cluster {
         )
         .await;
         leader
+    }
+
+    /// Why one of `members` counts node `id` in — lists it `up` or has placed a replica on
+    /// it — or `None` when none does; `Err` when a member does not answer.
+    pub async fn counted_in(&self, members: &[u64], id: u64) -> Result<Option<String>, String> {
+        for &member in members {
+            let status = self
+                .client
+                .cluster_status_within(&self.url(member), Duration::from_secs(2))
+                .await
+                .map_err(|e| format!("node-{member}: {e:#}"))?;
+            if status.status_of(id) == Some("up") {
+                return Ok(Some(format!(
+                    "node-{member} lists node-{id} as up: {status:?}"
+                )));
+            }
+            if status.hosts_of(MODEL).contains(&id) {
+                return Ok(Some(format!(
+                    "node-{member} placed a replica on node-{id}: {status:?}"
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// kill -9 node `id`.

@@ -2,6 +2,7 @@
 //! the wire types they read. Errors are transport failures only; an HTTP error status is a
 //! [`Reply`] like any other, because the tests assert on statuses.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -180,6 +181,27 @@ impl Client {
             self.http
                 .delete(format!("{url}/admin/v1/keys/{name}"))
                 .bearer_auth(&self.admin_key),
+        )
+        .await
+    }
+
+    /// `POST /admin/v1/nodes`: asks the cluster to add node `id` (as `helixflow join` does).
+    pub async fn join_node(
+        &self,
+        url: &str,
+        id: u64,
+        http_addr: SocketAddr,
+        peer_addr: SocketAddr,
+    ) -> anyhow::Result<Reply> {
+        self.send(
+            self.http
+                .post(format!("{url}/admin/v1/nodes"))
+                .bearer_auth(&self.admin_key)
+                .json(&json!({
+                    "id": id,
+                    "http_addr": http_addr.to_string(),
+                    "peer_addr": peer_addr.to_string(),
+                })),
         )
         .await
     }

@@ -106,6 +106,8 @@ impl NodeProcess {
             .arg("--id")
             .arg(self.id.to_string())
             .env(env::NODE_LOG, filter)
+            // Plain log files: no ANSI colour codes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))

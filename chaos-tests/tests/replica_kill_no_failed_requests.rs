@@ -167,7 +167,7 @@ async fn replica_kill_no_failed_requests() {
         .await;
     let leader_url = cluster.url(leader);
     let victim_url = cluster.url(victim);
-    let ((), up_after) = wait_for(
+    wait_for(
         Duration::from_secs(30),
         &format!("node-{victim} to be up and caught up with leader node-{leader}"),
         || {
@@ -197,10 +197,11 @@ async fn replica_kill_no_failed_requests() {
         },
     )
     .await;
+    let up_after = restarted.elapsed();
     cluster.wait_ready(&[victim], Duration::from_secs(30)).await;
     eprintln!(
         "[chaos] {TEST}: node-{victim} restarted: up and caught up {up_after:?} after the \
-         leader was known, ready {:?} after the restart",
+         restart, ready after {:?}",
         restarted.elapsed()
     );
     for (prompt, text) in PROMPTS.iter().zip(&expected) {
