@@ -1,7 +1,9 @@
 //! Shared helpers for HelixFlow's criterion benches (`cargo bench -p helixflow-benches`), and
-//! the HTTP load generator behind `helixflow bench` ([`load`]). The end-to-end engine
+//! the HTTP load generators behind `helixflow bench` ([`load`]) and `helixflow bench-admin`
+//! ([`admin`]). The end-to-end engine
 //! measurement is `helixflow bench-engine`; the criterion benches isolate parts.
 
+pub mod admin;
 pub mod load;
 
 /// Deterministic values in [-1, 1) for bench inputs.

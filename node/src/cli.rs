@@ -35,6 +35,8 @@ pub enum Command {
     Join(JoinArgs),
     /// Load-test a running node over its OpenAI API: TTFT, inter-token latency, throughput.
     Bench(helixflow_benches::load::LoadArgs),
+    /// Measure admin-write commit latency and throughput of a running cluster.
+    BenchAdmin(helixflow_benches::admin::AdminBenchArgs),
     /// Generate text from a model directory, like llama-cli.
     Run(RunArgs),
     /// Write a random-weight model in the HuggingFace layout (no download needed).
@@ -314,6 +316,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(args) => commands::certs::run(args),
         Command::Join(args) => commands::admin::join(args),
         Command::Bench(args) => helixflow_benches::load::run(args),
+        Command::BenchAdmin(args) => helixflow_benches::admin::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::GenModel(args) => commands::gen_model::run(args),
         Command::BenchEngine(args) => commands::bench_engine::run(args),

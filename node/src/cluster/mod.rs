@@ -374,6 +374,8 @@ impl Cluster {
         let mut effective = self.effective.subscribe();
         let _ = tokio::time::timeout(APPLY_DEADLINE, effective.wait_for(|&i| i >= index)).await;
         loop {
+            // Registered before the check, so a report landing in between is not missed.
+            let news = self.peers.news();
             let lagging: Vec<NodeId> = self
                 .peer_ids()
                 .into_iter()
@@ -386,11 +388,10 @@ impl Cluster {
             if lagging.is_empty() {
                 return;
             }
-            if Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline.into(), news).await.is_err() {
                 tracing::warn!(index, ?lagging, "nodes have not applied a write in time");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

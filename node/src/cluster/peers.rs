@@ -23,6 +23,8 @@ pub const FRESH_FOR: Duration = Duration::from_millis(1000);
 #[derive(Default)]
 pub struct Peers {
     heard: Mutex<HashMap<NodeId, (Instant, Report)>>,
+    /// Woken by every report (writes wait on it for peers to apply them).
+    news: tokio::sync::Notify,
 }
 
 impl Peers {
@@ -31,6 +33,12 @@ impl Peers {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(report.node, (Instant::now(), report));
+        self.news.notify_waiters();
+    }
+
+    /// Resolves at the next report from any peer.
+    pub fn news(&self) -> tokio::sync::futures::Notified<'_> {
+        self.news.notified()
     }
 
     /// The peer's latest report, if it came within [`FRESH_FOR`].
