@@ -173,9 +173,6 @@ async fn foreign_certificate() {
 /// The cluster cannot even complete a handshake with it, so it must not become a voter: a
 /// voter that never answers leaves the cluster one failure from losing its quorum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node bug: POST /admin/v1/nodes answers 201 and makes an unreachable node (foreign \
-            certificate) a voter at once; add_learner's catch-up wait does not hold \
-            (node/src/cluster/mod.rs, `join_here`)"]
 async fn a_foreign_node_cannot_be_joined() {
     const TEST: &str = "a_foreign_node_cannot_be_joined";
     let mut rng = ChaosRng::from_env(TEST);

@@ -11,9 +11,6 @@ const TEST: &str = "unheard_voter";
 const WATCH: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node bug: the leader's monitor takes a never-heard node's silence to be the time it \
-            has led, so in its first second of leadership an absent node is marked up and may \
-            be placed a replica (node/src/cluster/monitor.rs, `lead`)"]
 async fn a_voter_never_heard_from_is_never_up() {
     let rng = ChaosRng::from_env(TEST);
     let mut cluster = Cluster::prepare(TEST, &rng, ClusterOptions::default());

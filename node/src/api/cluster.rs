@@ -37,6 +37,10 @@ impl From<WriteError> for ApiError {
     fn from(error: WriteError) -> ApiError {
         match error {
             WriteError::Fatal(_) => ApiError::internal(error.to_string()),
+            WriteError::Refused(message) => ApiError {
+                status: StatusCode::CONFLICT,
+                ..ApiError::bad_request(message)
+            },
             _ => ApiError::unavailable(
                 format!("the change could not be committed: {error}"),
                 Some(std::time::Duration::from_secs(1)),

@@ -177,7 +177,7 @@ impl Cluster {
 
     /// Every node's view for the router. This node's own load is read fresh from its
     /// scheduler (one local message), so a worker that just came up or died is seen at once.
-    async fn candidates(&self, model: &str, tried: &[NodeId]) -> Vec<NodeId> {
+    pub(super) async fn candidates(&self, model: &str, tried: &[NodeId]) -> Vec<NodeId> {
         let state = self.state();
         let mut local = self.local_report();
         if let Ok(stats) = self.node.scheduler_stats().await {

@@ -317,20 +317,39 @@ impl Cluster {
                 }) if leader != self.me => {
                     match self.ask_leader(leader, &RaftRpc::Join(record.clone())).await {
                         Ok(RaftReply::Join(Ok(committed))) => return Ok(committed),
-                        Ok(RaftReply::Join(Err(WriteError::Fatal(e)))) => {
-                            return Err(WriteError::Fatal(e));
+                        Ok(RaftReply::Join(Err(e @ (WriteError::Fatal(_) | WriteError::Refused(_))))) => {
+                            return Err(e);
                         }
                         Ok(RaftReply::Join(Err(e))) | Err(e) => e,
                         Ok(other) => WriteError::NoLeader(format!("unexpected reply {other:?}")),
                     }
                 }
-                Err(WriteError::Fatal(e)) => return Err(WriteError::Fatal(e)),
+                Err(e @ (WriteError::Fatal(_) | WriteError::Refused(_))) => return Err(e),
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
                 return Err(error);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until learner `id` has replicated the leader's whole log.
+    async fn caught_up(&self, id: NodeId) -> Result<(), WriteError> {
+        let mut metrics = self.raft.metrics();
+        let wait = metrics.wait_for(|m| {
+            let last = m.last_log_index;
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .is_some_and(|matched| matched.map(|l| l.index) >= last)
+        });
+        match tokio::time::timeout(JOIN_DEADLINE, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::Fatal("Raft stopped".into())),
+            Err(_) => Err(WriteError::Refused(format!(
+                "node {id} did not catch up with the log within {JOIN_DEADLINE:?}"
+            ))),
         }
     }
 
@@ -349,10 +368,23 @@ impl Cluster {
             .voter_ids()
             .collect();
         if !voters.contains(&id) {
+            if self.raft.metrics().borrow().current_leader != Some(self.me) {
+                let leader = self.raft.metrics().borrow().current_leader;
+                return Err(WriteError::NotLeader { leader });
+            }
+            // A node that cannot reach us (not running, or its certificate is not from this
+            // cluster's CA) must not become a voter: it would raise the quorum without adding a
+            // working member. Its reports prove it reaches the leader with a valid identity.
+            if self.peers.fresh(id).is_none() {
+                return Err(WriteError::Refused(format!(
+                    "node {id} has not been heard from: start it first (with a certificate from this cluster's CA and the voters in its config)"
+                )));
+            }
             self.raft
                 .add_learner(id, node, true)
                 .await
                 .map_err(write_error)?;
+            self.caught_up(id).await?;
             let voter = std::collections::BTreeSet::from([id]);
             self.raft
                 .change_membership(openraft::ChangeMembers::AddVoterIds(voter), false)
@@ -396,7 +428,8 @@ impl Cluster {
     }
 
     /// Whether this node serves: not draining, a Raft leader known, the metadata seeded,
-    /// placements committed, and every model placed here with a worker up.
+    /// placements committed, every model placed here with a worker up, and every placed model
+    /// routable from here.
     pub async fn readiness(&self) -> Readiness {
         let stats = self.node.scheduler_stats().await.unwrap_or_default();
         let leader = self.raft.metrics().borrow().current_leader;
@@ -414,6 +447,18 @@ impl Cluster {
                 .iter()
                 .any(|m| m.model == *model && m.workers_up > 0)
         });
+        // Every placed model must be routable from here (its host's report has arrived), so a
+        // load balancer that trusts `/ready` never sees "no node serves this model".
+        let mut models: Vec<&str> = metadata.placements.iter().map(|p| p.model.as_str()).collect();
+        models.sort_unstable();
+        models.dedup();
+        let mut routable = true;
+        for model in models {
+            if self.candidates(model, &[]).await.is_empty() {
+                routable = false;
+                break;
+            }
+        }
         let draining = self.is_draining();
         Readiness {
             // Placements are committed once the leader has seen the nodes up (epoch 0: not yet).
@@ -421,7 +466,8 @@ impl Cluster {
                 && leader.is_some()
                 && metadata.seeded
                 && metadata.placement_epoch > 0
-                && loaded,
+                && loaded
+                && routable,
             draining,
             leader,
             seeded: metadata.seeded,

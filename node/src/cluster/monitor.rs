@@ -52,18 +52,19 @@ async fn lead(cluster: &Cluster, me: &NodeConfig, since: Instant) -> Result<(), 
         commit(cluster, Command::RegisterNode(node_record(me))).await?;
     }
     for (id, record) in &state.nodes {
-        let silence = if id.0 == cluster.me {
-            Duration::ZERO
+        // `None`: never heard from. Such a node is not brought up; it is suspected (then
+        // declared down) counting from when this node began to lead.
+        let heard = if id.0 == cluster.me {
+            Some(Duration::ZERO)
         } else {
-            cluster
-                .peers
-                .silence(id.0)
-                .unwrap_or_else(|| since.elapsed())
+            cluster.peers.silence(id.0)
         };
+        let silence = heard.unwrap_or_else(|| since.elapsed());
+        let recently_heard = heard.is_some_and(|s| s < FRESH_FOR);
         let status = match record.status {
             NodeStatus::Up | NodeStatus::Joining if silence >= FRESH_FOR => NodeStatus::Suspect,
             NodeStatus::Suspect if silence >= DOWN_AFTER => NodeStatus::Down,
-            NodeStatus::Suspect | NodeStatus::Down | NodeStatus::Joining if silence < FRESH_FOR => {
+            NodeStatus::Suspect | NodeStatus::Down | NodeStatus::Joining if recently_heard => {
                 NodeStatus::Up
             }
             unchanged => unchanged,

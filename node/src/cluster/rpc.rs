@@ -58,6 +58,9 @@ pub enum WriteError {
     NoLeader(String),
     #[error("the Raft group failed: {0}")]
     Fatal(String),
+    /// The change is refused (the message says why); retrying will not help.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A node's state as its peers see it.
