@@ -5,17 +5,19 @@
 //! - `raft_log`: one entry per key, the key the big-endian `u64` index (so sled's byte order is
 //!   log order), the value the bincode of the `Entry`.
 //! - `raft_meta`: `vote`, `last_purged` and `committed`.
-//! - `raft_sm`: `state` (the applied state: [`ClusterState`], last applied log id, last
-//!   membership) and `snapshot` (the current snapshot's meta and bytes).
+//! - `raft_sm`: `snapshot` (the current snapshot's meta and bytes: the applied [`ClusterState`]
+//!   with its last applied log id and membership).
 //!
 //! Values are bincode (serde, standard config); a value that does not decode is an error
 //! ([`StoreError::Decode`], or openraft's `StorageError`, which stops the Raft node), never a
 //! panic.
 //!
-//! Durability: an appended entry and a saved vote are flushed before openraft hears of them;
-//! the applied state is written and flushed after every applied batch, so a restart resumes
-//! from it without replaying the log, and re-applying an entry at or below the last applied
-//! index is a no-op. Truncation, purging and the committed id are written without their own
+//! Durability: an appended entry and a saved vote are flushed before openraft hears of them.
+//! The applied state is persisted only as snapshots (every `snapshot_policy` entries): a restart
+//! starts from the current snapshot and openraft re-applies the committed entries after it,
+//! which the log still holds (it is purged only up to the snapshot). Applying is therefore
+//! memory-only, and its cost does not grow with the size of the state. Re-applying an entry at
+//! or below the last applied index is a no-op. Truncation, purging and the committed id are written without their own
 //! flush: sled flushes its whole log at the next append or vote, and losing one of them in a
 //! crash only leaves entries openraft is prepared to see again.
 //!
@@ -50,7 +52,6 @@ const SM_TREE: &str = "raft_sm";
 const VOTE_KEY: &str = "vote";
 const PURGED_KEY: &str = "last_purged";
 const COMMITTED_KEY: &str = "committed";
-const STATE_KEY: &str = "state";
 const SNAPSHOT_KEY: &str = "snapshot";
 
 /// What failed in the Raft storage.
@@ -156,8 +157,11 @@ pub fn open_stores(db: &sled::Db) -> Result<(LogStore, StateMachineStore), Store
         meta: db.open_tree(META_TREE).map_err(sled_error(META_TREE))?,
     };
     let tree = db.open_tree(SM_TREE).map_err(sled_error(SM_TREE))?;
-    let applied = match tree.get(STATE_KEY).map_err(sled_error(SM_TREE))? {
-        Some(bytes) => Applied::from(decode::<AppliedData>(SM_TREE, STATE_KEY, &bytes)?),
+    let applied = match tree.get(SNAPSHOT_KEY).map_err(sled_error(SM_TREE))? {
+        Some(bytes) => {
+            let snapshot: StoredSnapshot = decode(SM_TREE, SNAPSHOT_KEY, &bytes)?;
+            Applied::from_snapshot(&snapshot.meta, &snapshot.data)?
+        }
         None => Applied::default(),
     };
     let (published, _) = watch::channel(applied.state.clone());
@@ -368,17 +372,33 @@ struct AppliedData {
     last_membership: StoredMembership<NodeId, PeerNode>,
 }
 
-impl From<AppliedData> for Applied {
-    fn from(data: AppliedData) -> Self {
-        Self {
-            state: Arc::new(data.state),
-            last_applied: data.last_applied,
-            last_membership: data.last_membership,
-        }
-    }
-}
-
 impl Applied {
+    /// The state a snapshot holds; its bytes must name the same last log id as its meta.
+    fn from_snapshot(
+        meta: &SnapshotMeta<NodeId, PeerNode>,
+        data: &[u8],
+    ) -> Result<Applied, StoreError> {
+        let (decoded, _): (AppliedData, _) =
+            bincode::serde::decode_from_slice(data, bincode::config::standard()).map_err(
+                |source| StoreError::DecodeSnapshot {
+                    snapshot_id: meta.snapshot_id.clone(),
+                    source,
+                },
+            )?;
+        if decoded.last_applied != meta.last_log_id {
+            return Err(StoreError::SnapshotMismatch {
+                snapshot_id: meta.snapshot_id.clone(),
+                meta: meta.last_log_id,
+                data: decoded.last_applied,
+            });
+        }
+        Ok(Applied {
+            state: Arc::new(decoded.state),
+            last_applied: decoded.last_applied,
+            last_membership: decoded.last_membership,
+        })
+    }
+
     fn encode(&self, key: &'static str) -> Result<Vec<u8>, StoreError> {
         encode(
             SM_TREE,
@@ -491,11 +511,6 @@ impl StateMachineStore {
             *last_applied = Some(log_id);
             responses.push(response);
         }
-        let bytes = applied.encode(STATE_KEY)?;
-        self.shared
-            .tree
-            .insert(STATE_KEY, bytes)
-            .map_err(sled_error(SM_TREE))?;
         Ok((responses, applied.state.clone()))
     }
 
@@ -537,26 +552,7 @@ impl StateMachineStore {
         meta: &SnapshotMeta<NodeId, PeerNode>,
         data: Vec<u8>,
     ) -> Result<Arc<ClusterState>, StoreError> {
-        let (decoded, _): (AppliedData, _) =
-            bincode::serde::decode_from_slice(&data, bincode::config::standard()).map_err(
-                |source| StoreError::DecodeSnapshot {
-                    snapshot_id: meta.snapshot_id.clone(),
-                    source,
-                },
-            )?;
-        if decoded.last_applied != meta.last_log_id {
-            return Err(StoreError::SnapshotMismatch {
-                snapshot_id: meta.snapshot_id.clone(),
-                meta: meta.last_log_id,
-                data: decoded.last_applied,
-            });
-        }
-        let replacement = Applied {
-            state: Arc::new(decoded.state),
-            last_applied: meta.last_log_id,
-            last_membership: meta.last_membership.clone(),
-        };
-        let state_bytes = replacement.encode(STATE_KEY)?;
+        let replacement = Applied::from_snapshot(meta, &data)?;
         let snapshot_bytes = encode(
             SM_TREE,
             SNAPSHOT_KEY,
@@ -565,14 +561,10 @@ impl StateMachineStore {
                 data,
             },
         )?;
-        let mut batch = sled::Batch::default();
-        batch.insert(STATE_KEY, state_bytes);
-        batch.insert(SNAPSHOT_KEY, snapshot_bytes);
-
         let mut applied = self.applied()?;
         self.shared
             .tree
-            .apply_batch(batch)
+            .insert(SNAPSHOT_KEY, snapshot_bytes)
             .map_err(sled_error(SM_TREE))?;
         *applied = replacement;
         Ok(applied.state.clone())
@@ -612,12 +604,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let applied = match self.apply_batch(entries) {
-            Ok(applied) => self.flush().await.map(|()| applied),
-            Err(e) => Err(e),
-        };
-        let (responses, state) =
-            applied.map_err(|e| e.into_storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
+        // Memory only: the log holds what a restart re-applies after the current snapshot.
+        let (responses, state) = self
+            .apply_batch(entries)
+            .map_err(|e| e.into_storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
         self.shared.published.send_replace(state);
         Ok(responses)
     }

@@ -213,7 +213,7 @@ async fn bad_bytes_are_errors_not_panics() -> TestResult {
     {
         let db = sled::open(dir.path())?;
         db.open_tree("raft_sm")?
-            .insert("state", &[0xff, 0xff][..])?;
+            .insert("snapshot", &[0xff, 0xff][..])?;
         db.open_tree("raft_log")?
             .insert(7u64.to_be_bytes(), &[0xff][..])?;
     }
@@ -225,7 +225,7 @@ async fn bad_bytes_are_errors_not_panics() -> TestResult {
             ..
         })
     ));
-    db.open_tree("raft_sm")?.remove("state")?;
+    db.open_tree("raft_sm")?.remove("snapshot")?;
     let (mut log, _sm) = open_stores(&db)?;
     assert!(log.try_get_log_entries(..).await.is_err());
     assert!(log.get_log_state().await.is_err());

@@ -122,9 +122,15 @@ pub async fn add_node(
     ValidJson(body): ValidJson<AddNode>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admin(&caller)?;
-    for (field, value) in [("http_addr", &body.http_addr), ("peer_addr", &body.peer_addr)] {
+    for (field, value) in [
+        ("http_addr", &body.http_addr),
+        ("peer_addr", &body.peer_addr),
+    ] {
         if value.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ApiError::invalid(field, format!("{field} {value:?} is not IP:PORT")));
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} {value:?} is not IP:PORT"),
+            ));
         }
     }
     if body.id == 0 {

@@ -43,11 +43,13 @@ use tokio::sync::watch;
 use peers::Peers;
 use rpc::{Committed, RaftReply, RaftRpc, Report, WriteError};
 
-/// Raft timing: a leader's death is noticed after 0.4–0.8 s without heartbeats, so a new
-/// leader is normally in place well within 2 s.
+/// Raft timing. openraft's followers start an election only after the leader lease (which it
+/// sets to `ELECTION_MAX`) *plus* a random election timeout have passed without a heartbeat,
+/// so a dead leader is replaced after 0.6–1.0 s plus one vote round trip. A heartbeat delayed
+/// past that (a starved process) costs a needless election, not correctness.
 const HEARTBEAT: Duration = Duration::from_millis(100);
-const ELECTION_MIN: Duration = Duration::from_millis(400);
-const ELECTION_MAX: Duration = Duration::from_millis(800);
+const ELECTION_MIN: Duration = Duration::from_millis(300);
+const ELECTION_MAX: Duration = Duration::from_millis(500);
 /// How long a write may take to commit, leader changes included, before the caller gets 503.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a write waits for live nodes to apply it before returning anyway.
@@ -270,7 +272,10 @@ impl Cluster {
     }
 
     async fn commit_at(&self, leader: NodeId, request: &Request) -> Result<Committed, WriteError> {
-        match self.ask_leader(leader, &RaftRpc::Write(request.clone())).await? {
+        match self
+            .ask_leader(leader, &RaftRpc::Write(request.clone()))
+            .await?
+        {
             RaftReply::Write(result) => result,
             other => Err(WriteError::NoLeader(format!(
                 "unexpected reply from node {leader}: {other:?}"
@@ -315,9 +320,14 @@ impl Cluster {
                 Err(WriteError::NotLeader {
                     leader: Some(leader),
                 }) if leader != self.me => {
-                    match self.ask_leader(leader, &RaftRpc::Join(record.clone())).await {
+                    match self
+                        .ask_leader(leader, &RaftRpc::Join(record.clone()))
+                        .await
+                    {
                         Ok(RaftReply::Join(Ok(committed))) => return Ok(committed),
-                        Ok(RaftReply::Join(Err(e @ (WriteError::Fatal(_) | WriteError::Refused(_))))) => {
+                        Ok(RaftReply::Join(Err(
+                            e @ (WriteError::Fatal(_) | WriteError::Refused(_)),
+                        ))) => {
                             return Err(e);
                         }
                         Ok(RaftReply::Join(Err(e))) | Err(e) => e,
@@ -420,7 +430,10 @@ impl Cluster {
             if lagging.is_empty() {
                 return;
             }
-            if tokio::time::timeout_at(deadline.into(), news).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), news)
+                .await
+                .is_err()
+            {
                 tracing::warn!(index, ?lagging, "nodes have not applied a write in time");
                 return;
             }
@@ -449,7 +462,11 @@ impl Cluster {
         });
         // Every placed model must be routable from here (its host's report has arrived), so a
         // load balancer that trusts `/ready` never sees "no node serves this model".
-        let mut models: Vec<&str> = metadata.placements.iter().map(|p| p.model.as_str()).collect();
+        let mut models: Vec<&str> = metadata
+            .placements
+            .iter()
+            .map(|p| p.model.as_str())
+            .collect();
         models.sort_unstable();
         models.dedup();
         let mut routable = true;

@@ -10,7 +10,6 @@ use helixflow_runtime::keys::KeyHash;
 
 use super::Cluster;
 
-
 /// Requests of one key that may wait at a node (keys committed through the admin API).
 const DEFAULT_MAX_QUEUED: usize = 256;
 

@@ -287,7 +287,10 @@ pub fn join(args: crate::cli::JoinArgs) -> anyhow::Result<()> {
             "device_memory_bytes": node.devices.iter().map(|d| d.memory_bytes()).collect::<Vec<_>>(),
         })),
     )?;
-    println!("{id} joined the cluster as a voter (log index {})", body["applied"]);
+    println!(
+        "{id} joined the cluster as a voter (log index {})",
+        body["applied"]
+    );
     Ok(())
 }
 

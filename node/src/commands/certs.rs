@@ -12,7 +12,10 @@ use crate::cli::{CertsArgs, CertsCommand};
 
 pub fn run(args: CertsArgs) -> anyhow::Result<()> {
     match args.command {
-        CertsCommand::Init { config, certs_dir: out } => {
+        CertsCommand::Init {
+            config,
+            certs_dir: out,
+        } => {
             let cluster = ClusterConfig::load(&config)?;
             let dir = match out {
                 Some(dir) => dir,
