@@ -87,7 +87,11 @@ async fn measure(args: &AdminBenchArgs) -> anyhow::Result<AdminReport> {
                     .send()
                     .await?;
                 if !created.status().is_success() {
-                    bail!("creating a key: {}: {}", created.status(), created.text().await?);
+                    bail!(
+                        "creating a key: {}: {}",
+                        created.status(),
+                        created.text().await?
+                    );
                 }
                 latencies.push(t.elapsed());
                 let t = Instant::now();
@@ -97,7 +101,11 @@ async fn measure(args: &AdminBenchArgs) -> anyhow::Result<AdminReport> {
                     .send()
                     .await?;
                 if !revoked.status().is_success() {
-                    bail!("revoking a key: {}: {}", revoked.status(), revoked.text().await?);
+                    bail!(
+                        "revoking a key: {}: {}",
+                        revoked.status(),
+                        revoked.text().await?
+                    );
                 }
                 latencies.push(t.elapsed());
             }

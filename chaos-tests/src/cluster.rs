@@ -11,9 +11,10 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -114,12 +115,6 @@ impl Cluster {
     /// # Panics
     /// When the binary is missing, or the directory, file or certificates cannot be made.
     pub fn prepare(test: &str, rng: &ChaosRng, options: ClusterOptions) -> Cluster {
-        let binary = helixflow_binary();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("helixflow-chaos-{test}-"))
-            .tempdir()
-            .expect("creating a temporary directory");
-        let root = dir.path().to_owned();
         let count = options.voters + options.listed_non_voters;
         let specs: Vec<NodeSpec> = (1..=count as u64)
             .map(|id| NodeSpec {
@@ -129,7 +124,82 @@ impl Cluster {
                 peer_addr: free_port(Protocol::Udp),
             })
             .collect();
-        let config = root.join("cluster.toml");
+        let cluster = Cluster::new(test, rng, options, specs, None, ADMIN_KEY);
+        cluster.write_config(&cluster.config, "certs");
+        cluster
+    }
+
+    /// [`Cluster::prepare_shipped`], then starts the file's voters and waits until each serves
+    /// (see [`Cluster::launch`]).
+    pub async fn start_shipped(
+        test: &str,
+        rng: &ChaosRng,
+        file: &Path,
+        admin_key: &str,
+    ) -> Cluster {
+        let mut cluster = Cluster::prepare_shipped(test, rng, file, admin_key);
+        let voters: Vec<u64> = cluster
+            .specs
+            .iter()
+            .filter(|s| s.voter)
+            .map(|s| s.id)
+            .collect();
+        cluster.launch(&voters).await;
+        cluster
+    }
+
+    /// A cluster of a cluster file as it is shipped (say `cluster-configs/local-3node.toml`):
+    /// its addresses, models, keys and limits as written. Only what a second copy must not
+    /// share moves into the temporary directory, with the node's own overrides: `--data-dir`
+    /// (`node-<id>`) and `--certs-dir` (`certs`, made by `helixflow certs init --config FILE
+    /// --certs-dir …`). `admin_key` is a key the file admits as admin. Starts nothing.
+    ///
+    /// The file's addresses are fixed: two clusters of one file cannot run at once.
+    ///
+    /// # Panics
+    /// When the file cannot be read or lists no nodes, or the certificates cannot be made.
+    pub fn prepare_shipped(test: &str, rng: &ChaosRng, file: &Path, admin_key: &str) -> Cluster {
+        let specs = shipped_nodes(file);
+        let voters = specs.iter().filter(|s| s.voter).count();
+        let options = ClusterOptions {
+            voters,
+            listed_non_voters: specs.len() - voters,
+            // The file's own; not written anywhere.
+            replicas: 0,
+        };
+        let mut cluster = Cluster::new(test, rng, options, specs, Some(file), admin_key);
+        let certs = cluster.root.join("certs");
+        certs_init(&cluster.binary, file, Some(&certs));
+        for node in &mut cluster.nodes {
+            let data = cluster.root.join(format!("node-{}", node.id));
+            node.set_extra_args([
+                "--data-dir".into(),
+                data.into_os_string(),
+                "--certs-dir".into(),
+                certs.clone().into_os_string(),
+            ]);
+        }
+        cluster
+    }
+
+    /// The cluster in a new temporary directory, its nodes made but not started. `file`: the
+    /// cluster file to start from; `None` for `cluster.toml` in the directory (written by
+    /// the caller).
+    fn new(
+        test: &str,
+        rng: &ChaosRng,
+        options: ClusterOptions,
+        specs: Vec<NodeSpec>,
+        file: Option<&Path>,
+        admin_key: &str,
+    ) -> Cluster {
+        let binary = helixflow_binary();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("helixflow-chaos-{test}-"))
+            .tempdir()
+            .expect("creating a temporary directory");
+        let root = dir.path().to_owned();
+        let config = file.map_or_else(|| root.join("cluster.toml"), Path::to_owned);
         let nodes = specs
             .iter()
             .map(|s| {
@@ -143,7 +213,7 @@ impl Cluster {
                 )
             })
             .collect();
-        let cluster = Cluster {
+        Cluster {
             test: test.to_owned(),
             seed: rng.seed(),
             dir: Some(dir),
@@ -153,10 +223,8 @@ impl Cluster {
             specs,
             options,
             nodes,
-            client: Client::new(ADMIN_KEY),
-        };
-        cluster.write_config(&cluster.config, "certs");
-        cluster
+            client: Client::new(admin_key),
+        }
     }
 
     /// Writes a copy of the cluster file that differs only in `certs_dir`, and makes a new CA
@@ -171,19 +239,7 @@ impl Cluster {
     fn write_config(&self, path: &Path, certs_dir: &str) {
         std::fs::write(path, self.config_text(certs_dir))
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        let output = Command::new(&self.binary)
-            .args(["certs", "init", "--config"])
-            .arg(path)
-            .output()
-            .unwrap_or_else(|e| panic!("running {} certs init: {e}", self.binary.display()));
-        assert!(
-            output.status.success(),
-            "helixflow certs init --config {} failed ({}):\n{}{}",
-            path.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        certs_init(&self.binary, path, None);
     }
 
     fn config_text(&self, certs_dir: &str) -> String {
@@ -221,6 +277,16 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         &self.root
+    }
+
+    /// The cluster file the nodes start from.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The `helixflow` binary the nodes run.
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     /// Every node id the cluster file lists, ascending.
@@ -391,6 +457,15 @@ impl Cluster {
         self.node_mut(id).kill();
     }
 
+    /// SIGTERM to node `id`; waits up to `deadline` for it to drain and exit.
+    ///
+    /// # Panics
+    /// When it is not running or does not exit in time.
+    pub fn terminate(&mut self, id: u64, deadline: Duration) -> ExitStatus {
+        eprintln!("[chaos] {}: SIGTERM node-{id}", self.test);
+        self.node_mut(id).terminate(deadline)
+    }
+
     /// Starts node `id` (again) on its data directory.
     pub fn start_node(&mut self, id: u64) {
         eprintln!("[chaos] {}: starting node-{id}", self.test);
@@ -432,6 +507,81 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// `helixflow certs init --config FILE [--certs-dir DIR]`.
+///
+/// # Panics
+/// When it fails.
+fn certs_init(binary: &Path, config: &Path, certs_dir: Option<&Path>) {
+    let mut command = Command::new(binary);
+    command.args(["certs", "init", "--config"]).arg(config);
+    if let Some(dir) = certs_dir {
+        command.arg("--certs-dir").arg(dir);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {} certs init: {e}", binary.display()));
+    assert!(
+        output.status.success(),
+        "helixflow certs init --config {} failed ({}):\n{}{}",
+        config.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The `[[nodes]]` of a cluster file: ids, addresses, voting.
+///
+/// # Panics
+/// When the file cannot be read or parsed, or lists no nodes.
+fn shipped_nodes(file: &Path) -> Vec<NodeSpec> {
+    #[derive(Deserialize)]
+    struct File {
+        nodes: Vec<Node>,
+    }
+    #[derive(Deserialize)]
+    struct Node {
+        id: u64,
+        http_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        #[serde(default = "voter_by_default")]
+        voter: bool,
+    }
+    fn voter_by_default() -> bool {
+        true
+    }
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    let parsed: File =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", file.display()));
+    assert!(
+        !parsed.nodes.is_empty(),
+        "{} lists no nodes",
+        file.display()
+    );
+    parsed
+        .nodes
+        .into_iter()
+        .map(|n| NodeSpec {
+            id: n.id,
+            voter: n.voter,
+            http_addr: n.http_addr,
+            peer_addr: n.peer_addr,
+        })
+        .collect()
+}
+
+/// A file of the repository, by its path from the repository root (say
+/// `cluster-configs/local-3node.toml`).
+///
+/// # Panics
+/// When there is no such file.
+pub fn repo_file(path: &str) -> PathBuf {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    file.canonicalize()
+        .unwrap_or_else(|e| panic!("{} in the repository: {e}", file.display()))
 }
 
 /// The tiny-llama fixture of the repository.

@@ -32,6 +32,10 @@ pub struct ClusterStatus {
 #[derive(Clone, Debug, Deserialize)]
 pub struct NodeEntry {
     pub id: u64,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
     /// `up`, `suspect`, `down`, `joining` or `draining`.
     pub status: String,
     pub voter: bool,
@@ -217,6 +221,23 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/chat/completions` with `key` for a streamed answer (`"stream": true` in
+    /// `body`): the status, and the body as it arrives. Dropping it disconnects.
+    pub async fn chat_stream(&self, url: &str, key: &str, body: &Value) -> anyhow::Result<Sse> {
+        let response = self
+            .http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await?;
+        Ok(Sse {
+            status: response.status().as_u16(),
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
     /// `GET /v1/models` with `key`.
     pub async fn models(&self, url: &str, key: &str) -> anyhow::Result<Reply> {
         self.send(self.http.get(format!("{url}/v1/models")).bearer_auth(key))
@@ -235,6 +256,80 @@ impl Client {
         let status = response.status().as_u16();
         let body = response.text().await?;
         Ok(Reply { status, body })
+    }
+}
+
+/// A server-sent-events answer, read event by event. Dropping it closes the connection: the
+/// client went away.
+#[derive(Debug)]
+pub struct Sse {
+    pub status: u16,
+    response: reqwest::Response,
+    /// Received bytes not yet split into events (a chunk may end inside a character).
+    buffer: Vec<u8>,
+}
+
+impl Sse {
+    /// The data of the next event (its `data:` lines joined by newlines); `None` when the
+    /// body ends. Events without data (comments, keep-alives) are skipped.
+    pub async fn next_data(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            if let Some(data) = take_event(&mut self.buffer) {
+                return Ok(Some(data));
+            }
+            match self.response.chunk().await? {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Reads a streamed chat completion to its end: the first choice's `delta.content`
+    /// concatenated, up to `data: [DONE]`.
+    ///
+    /// # Errors
+    /// On an HTTP error status, an event that is not JSON, a body that ends without
+    /// `[DONE]`, or a transport failure.
+    pub async fn chat_text(mut self) -> anyhow::Result<String> {
+        anyhow::ensure!(self.status == 200, "HTTP {}", self.status);
+        let mut text = String::new();
+        while let Some(data) = self.next_data().await? {
+            if data == "[DONE]" {
+                return Ok(text);
+            }
+            let event: Value = serde_json::from_str(&data)
+                .with_context(|| format!("an event that is not JSON: {data}"))?;
+            let first = event["choices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|choice| choice["index"].as_u64().unwrap_or(0) == 0);
+            for choice in first {
+                if let Some(content) = choice["delta"]["content"].as_str() {
+                    text.push_str(content);
+                }
+            }
+        }
+        anyhow::bail!("the stream ended without [DONE] after {text:?}")
+    }
+}
+
+/// The next complete server-sent event's data out of `buffer` (removed from it), if one is
+/// there; events without data are dropped. Events end with a blank line (`\n\n`, as the node
+/// writes them).
+fn take_event(buffer: &mut Vec<u8>) -> Option<String> {
+    loop {
+        let end = buffer.windows(2).position(|w| w == b"\n\n")?;
+        let event: Vec<u8> = buffer.drain(..end + 2).collect();
+        let event = String::from_utf8_lossy(&event);
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(|data| data.strip_prefix(' ').unwrap_or(data))
+            .collect();
+        if !data.is_empty() {
+            return Some(data.join("\n"));
+        }
     }
 }
 
@@ -285,6 +380,19 @@ helixflow_quic_handshake_failures_total_extra 100
 helixflow_raft_term 7
 helixflow_raft_term_seconds 9
 ";
+
+    #[test]
+    fn server_sent_events_split_on_blank_lines() {
+        let mut buffer = b": keep-alive\n\ndata: {\"a\": 1}\n\ndata: [DO".to_vec();
+        assert_eq!(take_event(&mut buffer).as_deref(), Some("{\"a\": 1}"));
+        assert_eq!(take_event(&mut buffer), None);
+        // A character split across chunks is whole once the event is.
+        buffer.extend_from_slice(b"NE]\n\ndata: \xc3");
+        assert_eq!(take_event(&mut buffer).as_deref(), Some("[DONE]"));
+        buffer.extend_from_slice(b"\xa9\n\n");
+        assert_eq!(take_event(&mut buffer).as_deref(), Some("\u{e9}"));
+        assert!(buffer.is_empty());
+    }
 
     #[test]
     fn metric_sum_adds_label_sets_and_filters() {

@@ -4,6 +4,7 @@
 //!
 //! What the node does in the cluster is not known here; see [`crate::cluster`].
 
+use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct NodeProcess {
     binary: PathBuf,
     /// The cluster file it starts from (a test may give it another, e.g. foreign certificates).
     config: PathBuf,
+    /// Arguments after `--id` (`--data-dir`, `--certs-dir` overrides of a shipped file).
+    extra_args: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
     liveness: Liveness,
@@ -51,6 +54,7 @@ impl NodeProcess {
             peer_addr,
             binary: binary.to_owned(),
             config: config.to_owned(),
+            extra_args: Vec::new(),
             log,
             child: None,
             liveness: Liveness::Stopped,
@@ -89,10 +93,11 @@ impl NodeProcess {
         // Restarts append to the same file; the marker shows where each run begins.
         let _ = writeln!(
             log,
-            "===== chaos harness: start #{} of node-{} with {} =====",
+            "===== chaos harness: start #{} of node-{} with {} {:?} =====",
             self.starts,
             self.id,
-            self.config.display()
+            self.config.display(),
+            self.extra_args
         );
         let stderr = log
             .try_clone()
@@ -105,6 +110,7 @@ impl NodeProcess {
             .arg(&self.config)
             .arg("--id")
             .arg(self.id.to_string())
+            .args(&self.extra_args)
             .env(env::NODE_LOG, filter)
             // Plain log files: no ANSI colour codes.
             .env("NO_COLOR", "1")
@@ -115,6 +121,15 @@ impl NodeProcess {
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary.display()));
         self.child = Some(child);
         self.liveness = Liveness::Running;
+    }
+
+    /// Passes `args` after `--id` at every start from now on (e.g. `--data-dir D`).
+    pub fn set_extra_args<I, S>(&mut self, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.extra_args = args.into_iter().map(Into::into).collect();
     }
 
     /// Starts the node from another cluster file from now on.
