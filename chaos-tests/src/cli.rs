@@ -113,8 +113,11 @@ pub struct UpProcess {
     dir: Option<TempDir>,
     data_dir: PathBuf,
     child: Option<Child>,
-    /// Everything `up` wrote to stderr so far (read by a thread).
+    /// Everything the current run of `up` wrote to stderr so far (read by a thread).
     stderr: Arc<Mutex<String>>,
+    /// What earlier runs wrote.
+    earlier_stderr: String,
+    runs: u32,
 }
 
 impl UpProcess {
@@ -123,23 +126,55 @@ impl UpProcess {
     /// # Panics
     /// When the directory cannot be made or the binary cannot be started.
     pub fn start(test: &str, nodes: u64) -> UpProcess {
-        let binary = helixflow_binary();
         let dir = tempfile::Builder::new()
             .prefix(&format!("helixflow-chaos-{test}-"))
             .tempdir()
             .expect("creating a temporary directory");
         let data_dir = dir.path().join("up");
-        let port = free_port(Protocol::Tcp).port();
-        let http_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut up = UpProcess {
+            test: test.to_owned(),
+            nodes,
+            port: free_port(Protocol::Tcp).port(),
+            dir: Some(dir),
+            data_dir,
+            child: None,
+            stderr: Arc::new(Mutex::new(String::new())),
+            earlier_stderr: String::new(),
+            runs: 0,
+        };
+        up.spawn();
+        up
+    }
+
+    /// Runs `up` again with the same data directory and address, as a user does after
+    /// stopping it (`up` then reuses the key, config, certificates and node data it wrote).
+    ///
+    /// # Panics
+    /// When it still runs, or cannot be started.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "up still runs; terminate it first");
+        let previous =
+            std::mem::take(&mut *self.stderr.lock().unwrap_or_else(PoisonError::into_inner));
+        let _ = writeln!(
+            self.earlier_stderr,
+            "----- run #{} -----\n{previous}",
+            self.runs
+        );
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let binary = helixflow_binary();
+        let http_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let filter =
             std::env::var(env::NODE_LOG).unwrap_or_else(|_| env::DEFAULT_NODE_LOG.to_owned());
         let mut command = Command::new(&binary);
         command
             .arg("up")
             .arg("--nodes")
-            .arg(nodes.to_string())
+            .arg(self.nodes.to_string())
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(&self.data_dir)
             .arg("--http-addr")
             .arg(http_addr.to_string())
             .env(env::NODE_LOG, filter)
@@ -155,6 +190,7 @@ impl UpProcess {
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {} up: {e}", binary.display()));
+        // A fresh buffer per run: a banner from an earlier run must not count.
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr is piped");
         let sink = Arc::clone(&stderr);
@@ -166,21 +202,18 @@ impl UpProcess {
                 text.push('\n');
             }
         });
+        self.runs += 1;
         eprintln!(
-            "[chaos] {test}: helixflow up --nodes {nodes} --data-dir {} --http-addr {http_addr} \
-             (pid {})",
-            data_dir.display(),
+            "[chaos] {}: run #{} of helixflow up --nodes {} --data-dir {} --http-addr \
+             {http_addr} (pid {})",
+            self.test,
+            self.runs,
+            self.nodes,
+            self.data_dir.display(),
             child.id()
         );
-        UpProcess {
-            test: test.to_owned(),
-            nodes,
-            port,
-            dir: Some(dir),
-            data_dir,
-            child: Some(child),
-            stderr,
-        }
+        self.stderr = stderr;
+        self.child = Some(child);
     }
 
     /// The `--data-dir` given to `up` (the demo key, config, certificates, node logs).
@@ -211,7 +244,7 @@ impl UpProcess {
         self.child.as_ref().expect("up runs").id()
     }
 
-    /// What `up` wrote to stderr so far.
+    /// What the current run of `up` wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr
             .lock()
@@ -301,8 +334,10 @@ impl Drop for UpProcess {
         }
         if failed {
             let mut report = format!(
-                "\n[chaos] {} failed; up's stderr:\n{}\n",
+                "\n[chaos] {} failed; up's stderr:\n{}----- run #{} -----\n{}\n",
                 self.test,
+                self.earlier_stderr,
+                self.runs,
                 self.stderr()
             );
             for i in 1..=self.nodes {

@@ -2,7 +2,8 @@
 //!
 //! - `helixflow up --nodes 3` starts a local cluster and prints its key; `status`, `keys
 //!   create|list|revoke` and `models list` work against it through any node; SIGTERM stops it
-//!   cleanly (exit 0) and leaves no node process behind.
+//!   cleanly (exit 0) and leaves no node process behind; `up` again on the same directory
+//!   brings back the same key and the same keys (the revoked one still revoked).
 //! - `helixflow join` adds a running node listed in the cluster file: it becomes a voter, `up`,
 //!   and serves.
 
@@ -160,7 +161,32 @@ async fn up_three_nodes_then_operate_and_stop() {
         .unwrap_or_else(|| panic!("{UP_MODEL} in `models list`:\n{}", models.stdout));
     assert_eq!(cells.get(1), Some(&"2/2"), "{}", models.stdout);
 
-    // SIGTERM: `up` stops its nodes, exits 0, and nothing of it is left.
+    stop(TEST, &mut up, &client, &urls).await;
+
+    // `up` again on the same directory: the same key, and the cluster as it was left.
+    up.start_again();
+    let again = up.wait_banner(BANNER_DEADLINE).await;
+    assert_eq!(again, key, "a second run of up prints the key of the first");
+    for url in &urls {
+        let reply = client.chat(url, &user_key, &chat(UP_MODEL)).await.unwrap();
+        assert_eq!(
+            reply.status, 401,
+            "the key revoked before the restart via {url}: {}",
+            reply.body
+        );
+        let reply = client.chat(url, &key, &chat(UP_MODEL)).await.unwrap();
+        assert_eq!(reply.status, 200, "the demo key via {url}: {}", reply.body);
+    }
+    let listed = helixflow(&list, &[]).await;
+    let cells = row(listed.success(), "cli-user").expect("the revoked key is still listed");
+    assert_eq!(cells.last(), Some(&"revoked"), "{}", listed.stdout);
+    stop(TEST, &mut up, &client, &urls).await;
+    eprintln!("[chaos] {TEST}: whole run {:?}", started.elapsed());
+}
+
+/// SIGTERM to `up`: it stops its nodes, exits 0, and nothing of it is left running or
+/// answering.
+async fn stop(test: &str, up: &mut UpProcess, client: &Client, urls: &[String]) {
     let running = up.processes();
     let nodes = running
         .iter()
@@ -177,16 +203,15 @@ async fn up_three_nodes_then_operate_and_stop() {
     );
     let left = up.processes();
     assert!(left.is_empty(), "processes left after up exited: {left:?}");
-    for url in &urls {
+    for url in urls {
         assert!(
             !client.ready(url, Duration::from_secs(1)).await,
             "{url} still answers after up exited"
         );
     }
     eprintln!(
-        "[chaos] {TEST}: up stopped in {stopped:?} (exit 0), pids {:?} gone; whole run {:?}",
+        "[chaos] {test}: up stopped in {stopped:?} (exit 0), pids {:?} gone",
         running.iter().map(|(pid, _)| pid).collect::<Vec<_>>(),
-        started.elapsed()
     );
 }
 

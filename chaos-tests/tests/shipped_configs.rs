@@ -2,8 +2,9 @@
 //! overrides a second copy needs (`--data-dir`, `--certs-dir` into a temporary directory, the
 //! certificates from `helixflow certs init --config <file> --certs-dir …`), every node is ready,
 //! the nodes agree on one leader, the model is placed as the file asks, and every node gives the
-//! same greedy answer — forwarding to a replica where it has none (`local-3node.toml`), serving
-//! from its own region where every region has one (`multi-region.toml`).
+//! same greedy answer — forwarding to a replica where it has none (`local-3node.toml`, where the
+//! file's alias works too), serving from its own region where every region has one
+//! (`multi-region.toml`).
 //!
 //! The files' addresses are fixed (127.0.0.1–.3 and .4–.6, HTTP :8090, QUIC :7490): the two
 //! tests do not collide with each other, but nothing else may use those addresses meanwhile.
@@ -35,7 +36,7 @@ async fn local_3node_as_shipped() {
     .await;
     let ids = cluster.ids();
     assert_eq!(ids, [1, 2, 3], "the file lists nodes 1, 2, 3");
-    let status = settled(&cluster, &ids, 2).await;
+    let status = settled(TEST, &cluster, &ids, 2).await;
     let hosts = status.hosts_of(MODEL);
     let non_host: Vec<u64> = ids
         .iter()
@@ -44,7 +45,7 @@ async fn local_3node_as_shipped() {
         .collect();
     assert_eq!(non_host.len(), 1, "2 replicas on 3 nodes: {status:?}");
     eprintln!(
-        "[chaos] {TEST}: leader node-{:?}, {MODEL} on {hosts:?}, node-{} forwards",
+        "[chaos] {TEST}: leader {:?}, {MODEL} on {hosts:?}, node-{} forwards",
         status.leader, non_host[0]
     );
 
@@ -66,6 +67,21 @@ async fn local_3node_as_shipped() {
             );
         }
     }
+    // The file's alias names the same model, forwarded too.
+    let mut body = greedy_chat("Shipped configs should just work", ANSWER_TOKENS);
+    body["model"] = "tiny".into();
+    let reply = cluster
+        .client
+        .chat(&cluster.url(non_host[0]), SHIPPED_KEY, &body)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "the alias `tiny`: {}", reply.body);
+    assert_eq!(
+        reply.completion_text().unwrap(),
+        answers,
+        "the alias `tiny` via node-{} answers like {MODEL}",
+        non_host[0]
+    );
     eprintln!("[chaos] {TEST}: same answer from every node: {answers:?}; forwarded {after:?}");
 }
 
@@ -82,7 +98,7 @@ async fn multi_region_as_shipped() {
     .await;
     let ids = cluster.ids();
     assert_eq!(ids, [1, 2, 3], "the file lists nodes 1, 2, 3");
-    let status = settled(&cluster, &ids, 3).await;
+    let status = settled(TEST, &cluster, &ids, 3).await;
     let regions: BTreeMap<u64, &str> = status
         .nodes
         .iter()
@@ -114,7 +130,7 @@ async fn multi_region_as_shipped() {
 /// Waits until every node of `ids` sees the same leader, every node `up`, and `MODEL` on
 /// `replicas` distinct nodes (the same ones), and exactly one node says it leads
 /// (`helixflow_raft_is_leader`). Returns the leader's view.
-async fn settled(cluster: &Cluster, ids: &[u64], replicas: usize) -> ClusterStatus {
+async fn settled(test: &str, cluster: &Cluster, ids: &[u64], replicas: usize) -> ClusterStatus {
     let (status, took) = wait_for(SETTLE, "a settled cluster status", || async {
         let mut views = Vec::new();
         for &id in ids {
@@ -182,7 +198,7 @@ async fn settled(cluster: &Cluster, ids: &[u64], replicas: usize) -> ClusterStat
             .2)
     })
     .await;
-    eprintln!("[chaos] status settled {took:?} after every node was ready");
+    eprintln!("[chaos] {test}: status settled {took:?} after every node was ready");
     status
 }
 
