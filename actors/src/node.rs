@@ -82,6 +82,9 @@ pub enum NodeSupervisorMsg {
     },
 }
 
+// Local only: never sent to another node (ractor's `cluster` feature asks every message to say).
+impl ractor::Message for NodeSupervisorMsg {}
+
 impl NodeSupervisorActor {
     /// Starts a node's actor tree; returns when every worker has loaded its model.
     pub async fn start(

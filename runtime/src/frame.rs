@@ -39,8 +39,7 @@ pub enum StreamKind {
     ActorSession = 2,
     Inference = 3,
     WeightTransfer = 4,
-    /// A node's load and liveness reports to a peer (one long-lived stream per peer).
-    Control = 5,
+    // 5 was `Control` (reports before they moved to actor sessions); not to be reused.
 }
 
 impl TryFrom<u8> for StreamKind {
@@ -52,7 +51,6 @@ impl TryFrom<u8> for StreamKind {
             2 => Ok(StreamKind::ActorSession),
             3 => Ok(StreamKind::Inference),
             4 => Ok(StreamKind::WeightTransfer),
-            5 => Ok(StreamKind::Control),
             other => Err(FrameError::UnknownKind { tag: other }),
         }
     }
@@ -210,13 +208,16 @@ mod tests {
             StreamKind::ActorSession,
             StreamKind::Inference,
             StreamKind::WeightTransfer,
-            StreamKind::Control,
         ] {
             assert_eq!(StreamKind::try_from(kind as u8), Ok(kind));
         }
         assert_eq!(
             StreamKind::try_from(0),
             Err(FrameError::UnknownKind { tag: 0 })
+        );
+        assert_eq!(
+            StreamKind::try_from(5),
+            Err(FrameError::UnknownKind { tag: 5 })
         );
         assert_eq!(
             StreamKind::try_from(200),

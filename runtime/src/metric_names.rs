@@ -55,3 +55,8 @@ pub const RAFT_LAST_LOG_INDEX: &str = "helixflow_raft_last_log_index";
 pub const RAFT_APPLIED_INDEX: &str = "helixflow_raft_applied_index";
 /// Gauge, labelled `status`: nodes of the cluster in each status, as committed.
 pub const CLUSTER_NODES: &str = "helixflow_cluster_nodes";
+/// Gauge: ractor_cluster sessions to peers that are authenticated (one per connected peer).
+pub const ACTOR_SESSIONS: &str = "helixflow_actor_sessions";
+/// Counter, labelled `actor`: messages from a peer's actor session that did not decode (or were
+/// of a kind the actor does not take) and were dropped.
+pub const ACTOR_SESSION_DECODE_ERRORS: &str = "helixflow_actor_session_decode_errors_total";

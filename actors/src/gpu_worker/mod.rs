@@ -66,6 +66,9 @@ pub enum GpuWorkerMsg {
     InjectFault(Fault),
 }
 
+// Local only: never sent to another node (ractor's `cluster` feature asks every message to say).
+impl ractor::Message for GpuWorkerMsg {}
+
 /// Why the worker gave up on its engine thread.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerFailure {

@@ -99,6 +99,9 @@ pub enum QuotaMsg {
     SetKeys(Vec<KeyConfig>),
 }
 
+// Local only: never sent to another node (ractor's `cluster` feature asks every message to say).
+impl ractor::Message for QuotaMsg {}
+
 impl QuotaState {
     pub fn new(keys: Vec<KeyConfig>, ledger: Ledger, now: Instant) -> QuotaState {
         let mut state = QuotaState {

@@ -89,6 +89,9 @@ pub enum SchedulerMsg {
     Stats(RpcReplyPort<SchedulerStats>),
 }
 
+// Local only: never sent to another node (ractor's `cluster` feature asks every message to say).
+impl ractor::Message for SchedulerMsg {}
+
 impl SchedulerState {
     pub fn new(max_queue: usize) -> SchedulerState {
         SchedulerState {

@@ -5,7 +5,9 @@
 //! Cluster
 //! ├── raft          openraft member; log + state machine in the process's sled database
 //! ├── transport     quinn endpoint with mutual TLS (absent in a one-node cluster)
-//! ├── service       answers peers' streams: Raft RPCs, reports, forwarded requests
+//! ├── service       answers peers' streams: Raft RPCs, actor sessions, forwarded requests
+//! ├── sessions      ractor_cluster NodeServer, sessions on ActorSession QUIC streams, and the
+//! │                 ReportsActor that takes peers' reports (see `session`)
 //! ├── reporter      sends this node's Report to every peer a few times a second
 //! ├── monitor       on the leader: seeds the cluster file, marks silent nodes suspect/down,
 //! │                 commits new placements
@@ -20,9 +22,12 @@ pub mod monitor;
 pub mod network;
 pub mod peers;
 pub mod reconcile;
+mod reports_actor;
 pub mod routing;
 pub mod rpc;
 pub mod service;
+pub mod session;
+mod session_stream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -173,7 +178,9 @@ impl Cluster {
             tokio::spawn(reconcile::run(self.clone())),
         ];
         if let Some(inbound) = inbound {
-            handles.push(tokio::spawn(service::run(self.clone(), inbound)));
+            let link = session::Link::new(self.me);
+            handles.push(tokio::spawn(session::run(self.clone(), link.clone())));
+            handles.push(tokio::spawn(service::run(self.clone(), inbound, link)));
         }
         Tasks(handles)
     }

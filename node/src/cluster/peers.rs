@@ -1,20 +1,18 @@
 //! Reports between nodes: each node sends its [`Report`] (applied index, load per model,
-//! draining) to every peer on a long-lived `Control` stream, every [`REPORT_EVERY`] and at once
-//! when its metadata changes. What a node last heard from each peer, and when, is the input of
-//! the router (only fresh peers get requests) and of the leader's failure detector.
+//! draining) to every peer over their actor sessions (see [`super::session`] and
+//! `reports_actor`), every [`REPORT_EVERY`] and at once when its metadata changes. What a node
+//! last heard from each peer, and when, is the input of the router (only fresh peers get
+//! requests) and of the leader's failure detector.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use helixflow_consensus::raft::NodeId;
-use helixflow_runtime::config::NodeId as ConfigNodeId;
-use helixflow_runtime::frame::StreamKind;
 use helixflow_runtime::metric_names;
-use helixflow_runtime::transport::FrameReceiver;
 
-use super::Cluster;
 use super::rpc::Report;
+use super::{Cluster, reports_actor};
 
 pub const REPORT_EVERY: Duration = Duration::from_millis(200);
 /// A peer not heard from for this long gets no new requests (and the leader suspects it).
@@ -57,9 +55,11 @@ impl Peers {
     }
 }
 
-/// Refreshes this node's report from its scheduler and sends it to every peer.
+/// Refreshes this node's report from its scheduler and casts it to every peer's reports actor.
+/// A peer without a session (or one that cannot keep up) misses reports; the next one
+/// supersedes them. What a slow peer has not read queues in its session, until the QUIC idle
+/// timeout ends a session whose peer stopped answering.
 pub async fn report_loop(cluster: Arc<Cluster>) {
-    let mut senders: HashMap<NodeId, tokio::sync::mpsc::Sender<Report>> = HashMap::new();
     let mut effective = cluster.subscribe_effective();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,72 +86,6 @@ pub async fn report_loop(cluster: Arc<Cluster>) {
             metrics::gauge!(metric_names::QUIC_PEER_RTT, "peer" => peer.0.to_string())
                 .set(rtt.as_secs_f64());
         }
-        for peer in cluster.peer_ids() {
-            let sender = senders.entry(peer).or_insert_with(|| {
-                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                tokio::spawn(send_reports(cluster.clone(), peer, rx));
-                tx
-            });
-            // A peer that cannot keep up just misses a report: the next one supersedes it.
-            let _ = sender.try_send(report.clone());
-        }
-    }
-}
-
-/// Keeps a `Control` stream open to `peer` and sends it every report; reconnects (the
-/// transport backs off) when the stream breaks.
-async fn send_reports(
-    cluster: Arc<Cluster>,
-    peer: NodeId,
-    mut reports: tokio::sync::mpsc::Receiver<Report>,
-) {
-    let Some(transport) = cluster.transport().cloned() else {
-        return;
-    };
-    let mut stream = None;
-    while let Some(report) = reports.recv().await {
-        if stream.is_none() {
-            let Some(addr) = cluster.peer_addr(peer) else {
-                continue;
-            };
-            match transport
-                .open(ConfigNodeId(peer), addr, StreamKind::Control)
-                .await
-            {
-                Ok((send, _recv)) => stream = Some(send),
-                Err(e) => {
-                    tracing::trace!(peer, error = %e, "control stream");
-                    continue;
-                }
-            }
-        }
-        if let Some(send) = stream.as_mut()
-            && let Err(e) = send.send(&report).await
-        {
-            tracing::debug!(peer, error = %e, "control stream broke; reopening");
-            stream = None;
-        }
-    }
-}
-
-/// Reads a peer's reports from its `Control` stream until it ends.
-pub async fn receive_reports(cluster: Arc<Cluster>, peer: NodeId, mut recv: FrameReceiver) {
-    loop {
-        match recv.recv::<Report>().await {
-            Ok(Some(report)) if report.node == peer => cluster.peers.heard(report),
-            Ok(Some(report)) => {
-                tracing::warn!(
-                    peer,
-                    claimed = report.node,
-                    "a peer sent a report for another node; closing its stream"
-                );
-                return;
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(peer, error = %e, "control stream ended");
-                return;
-            }
-        }
+        reports_actor::broadcast(&report);
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! - **Raft** (`StreamKind::Raft`): one [`RaftRpc`] and one [`RaftReply`] per stream. openraft's
 //!   own RPCs, and writes forwarded to the leader.
-//! - **Control** (`StreamKind::Control`): a long-lived stream per peer carrying that node's
-//!   [`Report`] a few times a second; the failure detector and the router read them.
+//! - **ActorSession** (`StreamKind::ActorSession`): one ractor_cluster session per pair of nodes
+//!   (`session.rs`); each node's [`Report`] reaches its peers' `ReportsActor` a few times a
+//!   second as one versioned frame; the failure detector and the router read them.
 //! - **Inference** (`StreamKind::Inference`): one request per stream. The ingress node sends one
 //!   [`Forward`]; the host answers with [`HostMsg`]s until the request ends. The ingress node
 //!   cancels by dropping the stream; the host notices (its sender is stopped) and cancels locally.

@@ -1,4 +1,5 @@
-//! Answers the streams peers open to this node, by kind.
+//! Answers the streams peers open to this node, by kind: Raft RPCs, actor sessions (handed to
+//! the NodeServer, see [`super::session`]) and forwarded requests.
 
 use std::sync::Arc;
 
@@ -7,9 +8,10 @@ use helixflow_runtime::transport::{FrameReceiver, FrameSender, Inbound};
 use tokio::sync::mpsc;
 
 use super::rpc::{RaftReply, RaftRpc};
-use super::{Cluster, forward, peers};
+use super::session::{self, Link};
+use super::{Cluster, forward};
 
-pub async fn run(cluster: Arc<Cluster>, mut inbound: mpsc::Receiver<Inbound>) {
+pub async fn run(cluster: Arc<Cluster>, mut inbound: mpsc::Receiver<Inbound>, link: Arc<Link>) {
     while let Some(stream) = inbound.recv().await {
         let cluster = cluster.clone();
         let peer = stream.peer.0;
@@ -17,8 +19,13 @@ pub async fn run(cluster: Arc<Cluster>, mut inbound: mpsc::Receiver<Inbound>) {
             StreamKind::Raft => {
                 tokio::spawn(raft_rpc(cluster, stream.send, stream.recv));
             }
-            StreamKind::Control => {
-                tokio::spawn(peers::receive_reports(cluster, peer, stream.recv));
+            StreamKind::ActorSession => {
+                tokio::spawn(session::accept(
+                    link.clone(),
+                    peer,
+                    stream.send,
+                    stream.recv,
+                ));
             }
             StreamKind::Inference => {
                 tokio::spawn(forward::host(cluster, peer, stream.send, stream.recv));

@@ -230,6 +230,14 @@ impl FrameSender {
             .map_err(|_| TransportError::StreamClosed)
     }
 
+    /// The quinn stream under this sender, for a stream whose bytes are not frames of
+    /// [`crate::frame`] (an `ActorSession` stream carries ractor_cluster's own framing). The
+    /// stream kind byte is already written; nothing else is buffered here, since every `send`
+    /// wrote its whole frame.
+    pub fn into_inner(self) -> quinn::SendStream {
+        self.stream
+    }
+
     /// Resolves once the peer stops reading (`Some(code)`, e.g. its receiver was dropped), or
     /// once a finished stream is fully acknowledged (`None`). Lets a server notice a cancelled
     /// request without sending to it.
@@ -275,6 +283,15 @@ impl FrameReceiver {
                 }
             }
         }
+    }
+
+    /// The quinn stream under this receiver, for a stream whose bytes are not frames (see
+    /// [`FrameSender::into_inner`]); the next byte read from it is the first after the kind
+    /// byte. Fails with [`FrameError::Truncated`] if `recv` had already buffered bytes of the
+    /// stream, which would otherwise be lost.
+    pub fn into_inner(self) -> Result<quinn::RecvStream, TransportError> {
+        self.decoder.finish()?;
+        Ok(self.stream)
     }
 
     /// Tells the peer to stop sending; its sends then fail with
