@@ -51,6 +51,8 @@ pub const RAFT_LEADER: &str = "helixflow_raft_leader";
 pub const RAFT_IS_LEADER: &str = "helixflow_raft_is_leader";
 /// Gauge: index of the last Raft log entry this node holds.
 pub const RAFT_LAST_LOG_INDEX: &str = "helixflow_raft_last_log_index";
+/// Gauge: index of the last entry this node knows to be committed.
+pub const RAFT_COMMIT_INDEX: &str = "helixflow_raft_commit_index";
 /// Gauge: index of the last committed entry this node applied.
 pub const RAFT_APPLIED_INDEX: &str = "helixflow_raft_applied_index";
 /// Gauge, labelled `status`: nodes of the cluster in each status, as committed.

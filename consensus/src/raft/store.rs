@@ -33,6 +33,7 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use helixflow_runtime::metric_names;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
@@ -292,6 +293,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        // openraft's metrics do not carry the commit index; this is where it is known.
+        metrics::gauge!(metric_names::RAFT_COMMIT_INDEX)
+            .set(committed.map_or(0, |c| c.index) as f64);
         self.write_meta(COMMITTED_KEY, &committed)
             .map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Write))
     }
