@@ -17,6 +17,8 @@
 //! This module does not know what streams carry, retries no request, and leaves addresses to
 //! the caller: `open` dials the address it is given.
 
+mod error;
+mod stream;
 mod tls;
 
 #[cfg(test)]
@@ -24,21 +26,21 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ConnectionError, ReadError, VarInt, WriteError};
-use serde::de::DeserializeOwned;
+use quinn::{ConnectionError, VarInt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::config::NodeId;
-use crate::frame::{self, FrameDecoder, FrameError, StreamKind};
+use crate::frame::{self, StreamKind};
 use crate::metric_names;
 
+pub use error::TransportError;
+pub use stream::{FrameReceiver, FrameSender, Inbound};
 pub use tls::{NodeIdentity, init_certs, issue_node_cert};
 
 /// Application close codes.
@@ -82,224 +84,6 @@ impl Default for TransportOptions {
             max_frame: frame::DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(2),
         }
-    }
-}
-
-/// What can go wrong. Setting up (`Io`, `Config`, `Options`, `Bind`, `Tls`, `Verifier`,
-/// `Certificate`) fails once, at start-up; the rest concern one peer or one stream, and the
-/// caller may try another replica or retry later (after `retry_in`, for `Backoff`).
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    #[error("{}: {source}", file.display())]
-    Io {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: {why}", file.display())]
-    Config { file: PathBuf, why: String },
-    #[error("transport option {field}: {why}")]
-    Options { field: &'static str, why: String },
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("TLS verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("certificate generation: {0}")]
-    Certificate(#[from] rcgen::Error),
-    #[error("cannot connect to {peer} at {addr}: {why}")]
-    Connect {
-        peer: NodeId,
-        addr: SocketAddr,
-        why: String,
-    },
-    #[error("not dialling {peer} again for {retry_in:?} after failed connects")]
-    Backoff { peer: NodeId, retry_in: Duration },
-    #[error("{peer} refused this node's identity: {why}")]
-    IdentityRefused { peer: NodeId, why: String },
-    #[error("peer at {remote} claims to be {claimed}, but its certificate is not valid for it")]
-    PeerIdentity { claimed: NodeId, remote: SocketAddr },
-    #[error("peer broke the connection protocol: {why}")]
-    Protocol { why: &'static str },
-    #[error("connection lost: {0}")]
-    ConnectionLost(ConnectionError),
-    #[error("peer reset the stream (code {code})")]
-    StreamReset { code: u64 },
-    #[error("peer stopped reading the stream (code {code})")]
-    StreamStopped { code: u64 },
-    #[error("stream already finished or reset")]
-    StreamClosed,
-    #[error("this node's transport is closed")]
-    Closed,
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-}
-
-impl From<ConnectionError> for TransportError {
-    fn from(e: ConnectionError) -> Self {
-        match e {
-            ConnectionError::LocallyClosed => TransportError::Closed,
-            other => TransportError::ConnectionLost(other),
-        }
-    }
-}
-
-impl From<ReadError> for TransportError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Reset(code) => TransportError::StreamReset {
-                code: code.into_inner(),
-            },
-            ReadError::ConnectionLost(e) => e.into(),
-            ReadError::ClosedStream => TransportError::StreamClosed,
-            ReadError::IllegalOrderedRead | ReadError::ZeroRttRejected => {
-                TransportError::Protocol {
-                    why: "unexpected read state",
-                }
-            }
-        }
-    }
-}
-
-impl From<WriteError> for TransportError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::Stopped(code) => TransportError::StreamStopped {
-                code: code.into_inner(),
-            },
-            WriteError::ConnectionLost(e) => e.into(),
-            WriteError::ClosedStream => TransportError::StreamClosed,
-            WriteError::ZeroRttRejected => TransportError::Protocol {
-                why: "0-RTT rejected",
-            },
-        }
-    }
-}
-
-/// A stream a peer opened to this node.
-#[derive(Debug)]
-pub struct Inbound {
-    /// The peer, authenticated by its certificate.
-    pub peer: NodeId,
-    pub kind: StreamKind,
-    pub send: FrameSender,
-    pub recv: FrameReceiver,
-}
-
-/// The sending half of a stream: one message per frame.
-#[derive(Debug)]
-pub struct FrameSender {
-    stream: quinn::SendStream,
-    max_frame: usize,
-    buffer: Vec<u8>,
-}
-
-impl FrameSender {
-    fn new(stream: quinn::SendStream, max_frame: usize) -> FrameSender {
-        FrameSender {
-            stream,
-            max_frame,
-            buffer: Vec::new(),
-        }
-    }
-
-    /// Sends one message. Not cancel-safe: a send dropped midway may leave half a frame on the
-    /// stream, which must then be reset.
-    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), TransportError> {
-        self.buffer.clear();
-        frame::encode(message, self.max_frame, &mut self.buffer)?;
-        self.stream.write_all(&self.buffer).await?;
-        Ok(())
-    }
-
-    /// Ends the stream after what was sent; the peer's receiver then sees `Ok(None)`.
-    pub fn finish(&mut self) -> Result<(), TransportError> {
-        self.stream
-            .finish()
-            .map_err(|_| TransportError::StreamClosed)
-    }
-
-    /// Abandons the stream: unsent data is dropped and the peer's receiver fails with
-    /// [`TransportError::StreamReset`] carrying `code`.
-    pub fn reset(&mut self, code: u32) -> Result<(), TransportError> {
-        self.stream
-            .reset(VarInt::from_u32(code))
-            .map_err(|_| TransportError::StreamClosed)
-    }
-
-    /// The quinn stream under this sender, for a stream whose bytes are not frames of
-    /// [`crate::frame`] (an `ActorSession` stream carries ractor_cluster's own framing). The
-    /// stream kind byte is already written; nothing else is buffered here, since every `send`
-    /// wrote its whole frame.
-    pub fn into_inner(self) -> quinn::SendStream {
-        self.stream
-    }
-
-    /// Resolves once the peer stops reading (`Some(code)`, e.g. its receiver was dropped), or
-    /// once a finished stream is fully acknowledged (`None`). Lets a server notice a cancelled
-    /// request without sending to it.
-    pub async fn stopped(&self) -> Result<Option<u64>, TransportError> {
-        match self.stream.stopped().await {
-            Ok(code) => Ok(code.map(VarInt::into_inner)),
-            Err(quinn::StoppedError::ConnectionLost(e)) => Err(e.into()),
-            Err(quinn::StoppedError::ZeroRttRejected) => Err(TransportError::Protocol {
-                why: "0-RTT rejected",
-            }),
-        }
-    }
-}
-
-/// The receiving half of a stream.
-#[derive(Debug)]
-pub struct FrameReceiver {
-    stream: quinn::RecvStream,
-    decoder: FrameDecoder,
-}
-
-impl FrameReceiver {
-    fn new(stream: quinn::RecvStream, max_frame: usize) -> FrameReceiver {
-        FrameReceiver {
-            stream,
-            decoder: FrameDecoder::new(max_frame),
-        }
-    }
-
-    /// The next message; `Ok(None)` once the peer finished the stream between frames. Cancel-safe:
-    /// bytes read before a cancellation stay buffered for the next call. After an error the
-    /// stream is out of step and should be dropped.
-    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, TransportError> {
-        loop {
-            if let Some(message) = self.decoder.next_message()? {
-                return Ok(Some(message));
-            }
-            match self.stream.read_chunk(READ_CHUNK, true).await? {
-                Some(chunk) => self.decoder.push(&chunk.bytes),
-                None => {
-                    self.decoder.finish()?;
-                    return Ok(None);
-                }
-            }
-        }
-    }
-
-    /// The quinn stream under this receiver, for a stream whose bytes are not frames (see
-    /// [`FrameSender::into_inner`]); the next byte read from it is the first after the kind
-    /// byte. Fails with [`FrameError::Truncated`] if `recv` had already buffered bytes of the
-    /// stream, which would otherwise be lost.
-    pub fn into_inner(self) -> Result<quinn::RecvStream, TransportError> {
-        self.decoder.finish()?;
-        Ok(self.stream)
-    }
-
-    /// Tells the peer to stop sending; its sends then fail with
-    /// [`TransportError::StreamStopped`] carrying `code`.
-    pub fn stop(&mut self, code: u32) -> Result<(), TransportError> {
-        self.stream
-            .stop(VarInt::from_u32(code))
-            .map_err(|_| TransportError::StreamClosed)
     }
 }
 

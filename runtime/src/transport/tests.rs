@@ -14,6 +14,7 @@ use tempfile::TempDir;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::frame::FrameError;
 
 const KINDS: [StreamKind; 4] = [
     StreamKind::Raft,
