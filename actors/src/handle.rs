@@ -195,11 +195,7 @@ impl Submission {
             self.unfinished = 0;
             return Some(InferenceEvent::Failed(crate::RequestFailure::ShuttingDown));
         };
-        match &event {
-            InferenceEvent::Finished { .. } => self.unfinished -= 1,
-            InferenceEvent::Embedding { .. } | InferenceEvent::Failed(_) => self.unfinished = 0,
-            InferenceEvent::Delta { .. } => {}
-        }
+        event.settle(&mut self.unfinished);
         Some(event)
     }
 }

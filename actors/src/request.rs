@@ -104,6 +104,18 @@ pub enum InferenceEvent {
     Failed(RequestFailure),
 }
 
+impl InferenceEvent {
+    /// Counts this event against a request's `unfinished` choices: a `Finished` ends one, an
+    /// embedding or a failure ends them all.
+    pub fn settle(&self, unfinished: &mut usize) {
+        match self {
+            InferenceEvent::Finished { .. } => *unfinished = unfinished.saturating_sub(1),
+            InferenceEvent::Embedding { .. } | InferenceEvent::Failed(_) => *unfinished = 0,
+            InferenceEvent::Delta { .. } => {}
+        }
+    }
+}
+
 /// Why a request ended without an answer.
 #[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum RequestFailure {

@@ -134,6 +134,9 @@ pub async fn run(
     let ready_watch = tokio::spawn({
         let cluster = cluster.clone();
         async move {
+            // Readiness depends on Raft, the committed state, peers' reports and the workers;
+            // no single event says it changed, so it is polled (cheaply: local reads and one
+            // actor message) until it holds, once, at start-up.
             while !cluster.readiness().await.ready {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -109,7 +109,8 @@ pub struct AddNode {
     pub zone: Option<String>,
     pub http_addr: String,
     pub peer_addr: String,
-    /// Memory of each device, in bytes (one CPU device with the default when left out).
+    /// Memory of each device, in bytes (one CPU device with this machine's memory when left
+    /// out, as the cluster file does).
     #[serde(default)]
     pub device_memory_bytes: Vec<u64>,
 }
@@ -138,7 +139,7 @@ pub async fn add_node(
     }
     let region = body.region.unwrap_or_else(|| "default".into());
     let memory = if body.device_memory_bytes.is_empty() {
-        vec![16 << 30]
+        vec![helixflow_runtime::config::default_cpu_memory()]
     } else {
         body.device_memory_bytes
     };

@@ -84,13 +84,7 @@ impl Attempt {
                 }
                 match remote.recv.recv::<HostMsg>().await {
                     Ok(Some(HostMsg::Event(event))) => {
-                        match &event {
-                            InferenceEvent::Finished { .. } => remote.unfinished -= 1,
-                            InferenceEvent::Embedding { .. } | InferenceEvent::Failed(_) => {
-                                remote.unfinished = 0
-                            }
-                            InferenceEvent::Delta { .. } => {}
-                        }
+                        event.settle(&mut remote.unfinished);
                         match event {
                             InferenceEvent::Failed(
                                 failure @ (RequestFailure::WorkerLost

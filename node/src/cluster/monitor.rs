@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use helixflow_consensus::placement::{DeviceInfo, NodeStatus};
 use helixflow_consensus::raft::Request;
 use helixflow_consensus::state::{CatalogEntry, ClusterState, Command, KeyRecord, NodeRecord};
-use helixflow_runtime::config::{
-    ClusterConfig, DeviceConfig, KeyConfig, ModelConfig, NodeConfig, Role,
-};
+use helixflow_runtime::config::{ClusterConfig, KeyConfig, ModelConfig, NodeConfig, Role};
 use helixflow_runtime::metric_names;
 use openraft::ServerState;
 
@@ -154,9 +152,7 @@ pub fn node_record(node: &NodeConfig) -> NodeRecord {
             .enumerate()
             .map(|(ordinal, device)| DeviceInfo {
                 ordinal: ordinal as u32,
-                memory_bytes: match device {
-                    DeviceConfig::Cpu { memory_bytes, .. } => *memory_bytes,
-                },
+                memory_bytes: device.memory_bytes(),
             })
             .collect(),
         status: NodeStatus::Joining,

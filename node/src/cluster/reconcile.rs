@@ -5,13 +5,10 @@
 use std::sync::Arc;
 
 use helixflow_consensus::state::{CatalogEntry, ClusterState, KeyRecord};
-use helixflow_runtime::config::{KeyConfig, ModelConfig, NodeId as ConfigNodeId, Role};
+use helixflow_runtime::config::{self, KeyConfig, ModelConfig, NodeId as ConfigNodeId, Role};
 use helixflow_runtime::keys::KeyHash;
 
 use super::Cluster;
-
-/// Requests of one key that may wait at a node (keys committed through the admin API).
-const DEFAULT_MAX_QUEUED: usize = 256;
 
 pub async fn run(cluster: Arc<Cluster>) {
     let mut state = cluster.subscribe();
@@ -69,7 +66,7 @@ fn key_configs(cluster: &Cluster, keys: &[KeyRecord]) -> Vec<KeyConfig> {
                 .keys
                 .iter()
                 .find(|c| c.name == k.name)
-                .map_or(DEFAULT_MAX_QUEUED, |c| c.max_queued);
+                .map_or(config::DEFAULT_MAX_QUEUED_PER_KEY, |c| c.max_queued);
             Some(KeyConfig {
                 name: k.name.clone(),
                 hash,
@@ -117,10 +114,11 @@ fn model_config(entry: &CatalogEntry) -> ModelConfig {
         path: entry.source.clone().into(),
         aliases: entry.aliases.clone(),
         context_window: (entry.context_window > 0).then_some(entry.context_window),
-        kv_cache_bytes: 512 << 20,
-        max_batch_tokens: 512,
-        max_prefill_chunk: 256,
-        max_running: 256,
+        // A catalog entry carries no engine limits: the cluster file's defaults apply.
+        kv_cache_bytes: config::DEFAULT_KV_CACHE_MIB << 20,
+        max_batch_tokens: config::DEFAULT_MAX_BATCH_TOKENS,
+        max_prefill_chunk: config::DEFAULT_MAX_PREFILL_CHUNK,
+        max_running: config::DEFAULT_MAX_RUNNING,
         replicas: entry.replicas,
     }
 }

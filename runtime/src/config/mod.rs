@@ -170,11 +170,11 @@ impl Default for Limits {
     }
 }
 
-const DEFAULT_KV_CACHE_MIB: usize = 512;
-const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
-const DEFAULT_MAX_PREFILL_CHUNK: usize = 256;
-const DEFAULT_MAX_RUNNING: usize = 256;
-const DEFAULT_MAX_QUEUED_PER_KEY: usize = 256;
+pub const DEFAULT_KV_CACHE_MIB: usize = 512;
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+pub const DEFAULT_MAX_PREFILL_CHUNK: usize = 256;
+pub const DEFAULT_MAX_RUNNING: usize = 256;
+pub const DEFAULT_MAX_QUEUED_PER_KEY: usize = 256;
 
 impl ClusterConfig {
     /// Reads and validates the cluster file at `path`.
@@ -521,7 +521,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// The machine's memory (`MemTotal`), or 16 GiB where it cannot be read.
-fn default_cpu_memory() -> u64 {
+pub fn default_cpu_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
