@@ -61,6 +61,10 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 const APPLY_DEADLINE: Duration = Duration::from_secs(3);
 /// How long adding a node may take (it must catch up with the log first).
 const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the leader waits for a first report from a node asking to join: one that was just
+/// started may still be opening its sessions (a few report periods, more if both sides dialled
+/// at once and ractor_cluster dropped one session).
+const JOIN_HEARD_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Cluster {
     pub me: NodeId,
@@ -392,7 +396,7 @@ impl Cluster {
             // A node that cannot reach us (not running, or its certificate is not from this
             // cluster's CA) must not become a voter: it would raise the quorum without adding a
             // working member. Its reports prove it reaches the leader with a valid identity.
-            if self.peers.fresh(id).is_none() {
+            if !self.heard_within(id, JOIN_HEARD_DEADLINE).await {
                 return Err(WriteError::Refused(format!(
                     "node {id} has not been heard from: start it first (with a certificate from this cluster's CA and the voters in its config)"
                 )));
@@ -414,6 +418,21 @@ impl Cluster {
             command: Command::RegisterNode(record),
         })
         .await
+    }
+
+    /// Waits up to `deadline` for a fresh report from `id`.
+    async fn heard_within(&self, id: NodeId, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        loop {
+            // Registered before the check, so a report landing in between is not missed.
+            let news = self.peers.news();
+            if self.peers.fresh(id).is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(until.into(), news).await.is_err() {
+                return self.peers.fresh(id).is_some();
+            }
+        }
     }
 
     /// Waits (up to [`APPLY_DEADLINE`]) until this node and every peer heard from recently
