@@ -1,12 +1,15 @@
 //! Criterion benches: prefill (m = 512) `matmul_t` against the `gemm` crate on the model's
-//! shapes, and decode GEMV throughput in bytes/s next to `measure_read_bandwidth`.
+//! shapes, and decode GEMV throughput in bytes/s (row-major f16 and the packed panels the CPU
+//! backend uses) next to `measure_read_bandwidth`.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 use helixflow_benches::{pool, values};
-use helixflow_kernels::backend::cpu::linalg::{WeightRef, matmul_t, measure_read_bandwidth};
+use helixflow_kernels::backend::cpu::linalg::{
+    Packed, WeightRef, matmul_t, matmul_t_packed, measure_read_bandwidth,
+};
 
 /// (n, k) of one layer's linear maps: fused q/k/v, o, fused gate/up, down.
 const LAYER: [(usize, usize); 4] = [(1536, 1024), (1024, 1024), (5632, 1024), (1024, 2816)];
@@ -138,6 +141,22 @@ fn gemv(c: &mut Criterion) {
             black_box(&out);
         })
     });
+    // The layout the CPU backend loads f16 weights in (on CPUs with the panel kernel).
+    let packed: Vec<Packed> = stack
+        .iter()
+        .filter_map(|(w, n, k)| Packed::new(WeightRef::F16(w), *n, *k))
+        .collect();
+    if packed.len() == stack.len() {
+        group.bench_function("f16_layer_stack_packed", |b| {
+            b.iter(|| {
+                for w in &packed {
+                    let (n, k) = (w.rows(), w.cols());
+                    matmul_t_packed(&pool, &x[..k], 1, w, None, &mut out[..n]);
+                }
+                black_box(&out);
+            })
+        });
+    }
     group.bench_function("read_bandwidth_probe", |b| {
         b.iter(|| black_box(measure_read_bandwidth(&pool, 64 << 20, 1)))
     });

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use helixflow_kernels::backend::Backend;
 use helixflow_kernels::engine::{self, Engine, EngineStats, RequestId, SeqEvent, SequenceRequest};
 use helixflow_kernels::sampler::Sampled;
-use helixflow_kernels::tokenizer::{IncrementalDecoder, StopMatcher, Tokenizer};
+use helixflow_kernels::tokenizer::{IncrementalDecoder, StopMatcher, StopOutput, Tokenizer};
 
 use crate::request::{
     FinishReason, InferenceEvent, InferenceRequest, RequestFailure, RequestKind, Ticket,
@@ -207,13 +207,17 @@ impl<B: Backend> WorkerCore<B> {
                 stopped_by_string = pushed.stopped;
             }
         }
-        let reason = if stopped_by_string {
+        let mut reason = if stopped_by_string {
             Some(FinishReason::Stop)
         } else {
             finish.map(finish_reason)
         };
         if reason.is_some() && !stopped_by_string {
-            text.push_str(&flush(state));
+            let tail = flush(state);
+            text.push_str(&tail.text);
+            if tail.stopped {
+                reason = Some(FinishReason::Stop);
+            }
         }
         let tokens = state.tokens;
         out.events.push((
@@ -257,7 +261,10 @@ impl<B: Backend> WorkerCore<B> {
             return;
         }
         state.finished = true;
-        let text = flush(state);
+        let StopOutput {
+            text,
+            stopped: stopped_by_string,
+        } = flush(state);
         let tokens = state.tokens;
         if !text.is_empty() {
             out.events.push((
@@ -274,7 +281,11 @@ impl<B: Backend> WorkerCore<B> {
             ticket,
             InferenceEvent::Finished {
                 choice,
-                reason: finish_reason(finish),
+                reason: if stopped_by_string {
+                    FinishReason::Stop
+                } else {
+                    finish_reason(finish)
+                },
                 completion_tokens: tokens,
             },
         ));
@@ -299,15 +310,17 @@ impl<B: Backend> WorkerCore<B> {
     }
 }
 
-/// The text a finishing choice still holds back: the decoder's tail through the stop matcher.
-fn flush(state: &mut Choice) -> String {
+/// The text a finishing choice still holds back: the decoder's tail through the stop matcher;
+/// `stopped` when a stop string cut it.
+fn flush(state: &mut Choice) -> StopOutput {
     let tail = state.decoder.finish();
-    let pushed = state.stop.push(&tail);
-    let mut text = pushed.text;
+    let mut pushed = state.stop.push(&tail);
     if !pushed.stopped {
-        text.push_str(&state.stop.finish());
+        let last = state.stop.finish();
+        pushed.text.push_str(&last.text);
+        pushed.stopped = last.stopped;
     }
-    text
+    pushed
 }
 
 fn finish_reason(reason: engine::FinishReason) -> FinishReason {

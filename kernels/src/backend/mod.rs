@@ -135,4 +135,11 @@ pub trait Backend: Send + Sync + 'static {
     fn gather_rows(&self, x: &Self::Buffer, width: usize, rows: &[usize], out: &mut Self::Buffer);
     /// Copies one KV block (copy-on-write after a fork).
     fn copy_block(&self, store: &mut Self::KvStore, src: u32, dst: u32);
+
+    /// Runs a whole forward pass. The CPU backend runs it on one of its own worker threads, so
+    /// that the ~50 parallel ops of a step are handed to workers that are still awake from the
+    /// previous op, instead of each one waking them from the caller's thread.
+    fn run<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
+        pass()
+    }
 }

@@ -346,6 +346,15 @@ impl<B: Backend> Model<B> {
         seqs: &[ForwardSeq<'_>],
         ws: &mut Workspace<B>,
     ) -> Vec<SeqOutput> {
+        self.backend.run(|| self.forward_here(kv, seqs, ws))
+    }
+
+    fn forward_here(
+        &self,
+        kv: &mut KvStorage<B>,
+        seqs: &[ForwardSeq<'_>],
+        ws: &mut Workspace<B>,
+    ) -> Vec<SeqOutput> {
         let b = &self.backend;
         let c = &self.config;
         let bs = kv.block_size;

@@ -54,12 +54,25 @@ impl StopMatcher {
             .filter_map(|s| self.held.find(s.as_str()))
             .min();
         if let Some(at) = first_stop {
-            self.held.truncate(at);
-            self.stopped = true;
-            return StopOutput {
-                text: std::mem::take(&mut self.held),
-                stopped: true,
-            };
+            // A longer stop string that starts earlier and may still complete comes first in
+            // the text if it does: hold from its start until it completes or cannot.
+            match self.pending_stop_before(at) {
+                None => {
+                    self.held.truncate(at);
+                    self.stopped = true;
+                    return StopOutput {
+                        text: std::mem::take(&mut self.held),
+                        stopped: true,
+                    };
+                }
+                Some(start) => {
+                    let rest = self.held.split_off(start);
+                    return StopOutput {
+                        text: std::mem::replace(&mut self.held, rest),
+                        stopped: false,
+                    };
+                }
+            }
         }
 
         let keep = self.longest_suffix_starting_a_stop();
@@ -70,9 +83,35 @@ impl StopMatcher {
         }
     }
 
-    /// Releases the held-back text when the sequence ends for another reason.
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
+    /// Releases the held-back text when the sequence ends for another reason. A stop string
+    /// that completed while a longer one was still possible cuts the text here (`stopped`).
+    pub fn finish(&mut self) -> StopOutput {
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
+        if let Some(at) = first_stop {
+            self.held.truncate(at);
+            self.stopped = true;
+        }
+        StopOutput {
+            text: std::mem::take(&mut self.held),
+            stopped: first_stop.is_some(),
+        }
+    }
+
+    /// The earliest start before `at` of a held suffix that is a proper prefix of a stop string
+    /// (a stop that may still complete there).
+    fn pending_stop_before(&self, at: usize) -> Option<usize> {
+        (0..at).find(|&start| {
+            self.held.is_char_boundary(start) && {
+                let suffix = &self.held[start..];
+                self.stops
+                    .iter()
+                    .any(|s| s.len() > suffix.len() && s.starts_with(suffix))
+            }
+        })
     }
 
     /// Length in bytes of the longest suffix of `held` that is a proper prefix of a stop string.
@@ -106,8 +145,19 @@ mod tests {
                 return (out, true);
             }
         }
-        out.push_str(&matcher.finish());
-        (out, false)
+        let last = matcher.finish();
+        out.push_str(&last.text);
+        (out, last.stopped)
+    }
+
+    #[test]
+    fn a_longer_stop_starting_earlier_wins_over_a_completed_shorter_one() {
+        // "b" completes first, but "éb " starts earlier: it is the first stop in the text.
+        assert_eq!(run(&["b", "éb "], &["éb", " more"]), (String::new(), true));
+        // If the longer one cannot complete, the shorter one cuts where it is.
+        assert_eq!(run(&["b", "éb "], &["éb", "x"]), ("é".to_string(), true));
+        // And so it does when the sequence ends first.
+        assert_eq!(run(&["b", "éb "], &["éb"]), ("é".to_string(), true));
     }
 
     #[test]
@@ -129,7 +179,7 @@ mod tests {
         assert_eq!(matcher.push("abc ST").text, "abc ");
         assert_eq!(matcher.push("ART").text, "START");
         assert_eq!(matcher.push(" S").text, " ");
-        assert_eq!(matcher.finish(), "S");
+        assert_eq!(matcher.finish().text, "S");
     }
 
     #[test]

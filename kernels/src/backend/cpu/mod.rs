@@ -55,6 +55,9 @@ pub enum CpuWeights {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    /// f16/bf16 repacked into the panels the decode kernel streams (where the CPU has that
+    /// kernel: AVX-512).
+    Packed(linalg::Packed),
 }
 
 /// A weight matrix `[rows, cols]` in host memory.
@@ -65,20 +68,13 @@ pub struct CpuMatrix {
 }
 
 impl CpuMatrix {
-    fn weight_ref(&self) -> WeightRef<'_> {
-        match &self.weights {
-            CpuWeights::F32(w) => WeightRef::F32(w),
-            CpuWeights::F16(w) => WeightRef::F16(w),
-            CpuWeights::BF16(w) => WeightRef::BF16(w),
-        }
-    }
-
     /// Bytes of weight data.
     pub fn bytes(&self) -> usize {
         match &self.weights {
             CpuWeights::F32(w) => w.len() * 4,
             CpuWeights::F16(w) => w.len() * 2,
             CpuWeights::BF16(w) => w.len() * 2,
+            CpuWeights::Packed(w) => w.bytes(),
         }
     }
 
@@ -94,6 +90,7 @@ impl CpuMatrix {
                 .iter_mut()
                 .zip(&w[range])
                 .for_each(|(o, v)| *o = v.to_f32()),
+            CpuWeights::Packed(w) => w.row_into(row, out),
         }
     }
 }
@@ -141,6 +138,12 @@ impl Backend for CpuBackend {
             DType::F16 => CpuWeights::F16(le_elements(host.parts, f16::from_le_bytes)),
             DType::BF16 => CpuWeights::BF16(le_elements(host.parts, bf16::from_le_bytes)),
         };
+        let packed = match &weights {
+            CpuWeights::F16(w) => linalg::Packed::new(WeightRef::F16(w), host.rows, host.cols),
+            CpuWeights::BF16(w) => linalg::Packed::new(WeightRef::BF16(w), host.rows, host.cols),
+            _ => None,
+        };
+        let weights = packed.map_or(weights, CpuWeights::Packed);
         CpuMatrix {
             rows: host.rows,
             cols: host.cols,
@@ -209,16 +212,20 @@ impl Backend for CpuBackend {
     ) {
         assert_eq!(x.len(), rows * w.cols, "matmul: input is not [rows, cols]");
         resize(out, rows * w.rows);
-        linalg::matmul_t(
-            &self.pool,
-            x,
-            rows,
-            w.cols,
-            w.weight_ref(),
-            w.rows,
-            bias.map(Vec::as_slice),
-            out,
-        );
+        let bias = bias.map(Vec::as_slice);
+        let (pool, k, n) = (&self.pool, w.cols, w.rows);
+        match &w.weights {
+            CpuWeights::F32(v) => {
+                linalg::matmul_t(pool, x, rows, k, WeightRef::F32(v), n, bias, out)
+            }
+            CpuWeights::F16(v) => {
+                linalg::matmul_t(pool, x, rows, k, WeightRef::F16(v), n, bias, out)
+            }
+            CpuWeights::BF16(v) => {
+                linalg::matmul_t(pool, x, rows, k, WeightRef::BF16(v), n, bias, out)
+            }
+            CpuWeights::Packed(v) => linalg::matmul_t_packed(pool, x, rows, v, bias, out),
+        }
     }
 
     fn rope(&self, qkv: &mut Vec<f32>, layout: QkvLayout, cos: &Vec<f32>, sin: &Vec<f32>) {
@@ -349,6 +356,10 @@ impl Backend for CpuBackend {
         for &r in rows {
             out.extend_from_slice(&x[r * width..(r + 1) * width]);
         }
+    }
+
+    fn run<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(pass)
     }
 
     fn copy_block(&self, store: &mut CpuKvStore, src: u32, dst: u32) {

@@ -180,7 +180,9 @@ proptest! {
             prop_assert!(text.starts_with(&out));
         }
         if !stopped {
-            out.push_str(&matcher.finish());
+            let last = matcher.finish();
+            out.push_str(&last.text);
+            stopped = last.stopped;
         }
         prop_assert_eq!((out, stopped), expected);
     }

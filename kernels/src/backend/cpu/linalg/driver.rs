@@ -4,7 +4,17 @@
 
 use std::ops::Range;
 
-use super::{Backend, MAX_MR, WeightRef};
+use super::packed::{PANEL, Packed, unpack_rows};
+use super::{Backend, MAX_MR, MAX_PANEL_MR, WeightRef};
+
+/// The weights of one product.
+#[derive(Clone, Copy)]
+pub(super) enum Weights<'a> {
+    /// Row-major `[n, k]`.
+    Rows(WeightRef<'a>),
+    /// Panels (see `packed`).
+    Packed(&'a Packed),
+}
 
 /// Products with fewer multiply-adds than this run inline: dispatching to the pool costs more.
 const INLINE_MACS: usize = 1 << 18;
@@ -62,7 +72,7 @@ pub(super) fn matmul_t(
     x: &[f32],
     m: usize,
     k: usize,
-    w: WeightRef<'_>,
+    w: Weights<'_>,
     n: usize,
     bias: Option<&[f32]>,
     out: &mut [f32],
@@ -93,7 +103,7 @@ fn compute_rows(
     x: &[f32],
     m: usize,
     k: usize,
-    w: WeightRef<'_>,
+    w: Weights<'_>,
     bias: Option<&[f32]>,
     out: SharedOut,
     cols: Range<usize>,
@@ -101,10 +111,83 @@ fn compute_rows(
     if cols.is_empty() {
         return;
     }
+    match w {
+        Weights::Packed(w) if m <= MAX_MR => compute_panels(backend, x, m, k, w, bias, out, cols),
+        _ => compute_blocks(backend, x, m, k, w, bias, out, cols),
+    }
+}
+
+/// Decode with packed weights: every panel of `cols` against all `m ≤ MAX_MR` rows of `x`.
+#[allow(clippy::too_many_arguments)]
+fn compute_panels(
+    backend: Backend,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Packed,
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    cols: Range<usize>,
+) {
+    debug_assert!(
+        cols.start.is_multiple_of(PANEL),
+        "thread ranges start on a panel"
+    );
+    for q in cols.start / PANEL..cols.end.div_ceil(PANEL) {
+        let panel = w.panels(q..q + 1);
+        let mut i = 0;
+        while i < m {
+            // Four rows go as two pairs: a 4-row panel tile does not fit in the registers.
+            let mr = if m - i == 4 {
+                2
+            } else {
+                (m - i).min(MAX_PANEL_MR)
+            };
+            let tile = backend.panel_tile(&x[i * k..(i + mr) * k], k, mr, panel);
+            for (ii, tile_row) in tile.iter().enumerate().take(mr) {
+                for (jj, &v) in tile_row.iter().enumerate().take(PANEL) {
+                    let col = q * PANEL + jj;
+                    if col >= cols.end {
+                        break;
+                    }
+                    // SAFETY: i + ii < m and col < cols.end ≤ n; col lies in this call's
+                    // `cols`, which no other thread writes.
+                    unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
+                }
+            }
+            i += mr;
+        }
+    }
+}
+
+fn with_bias(v: f32, bias: Option<&[f32]>, col: usize) -> f32 {
+    match bias {
+        Some(b) => v + b[col],
+        None => v,
+    }
+}
+
+/// Row-major weights, or packed ones for more than [`MAX_MR`] rows of `x`: L2-sized blocks of
+/// `cols`, each applied to all `m` rows of `x`, `mr` rows at a time.
+#[allow(clippy::too_many_arguments)]
+fn compute_blocks(
+    backend: Backend,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Weights<'_>,
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    cols: Range<usize>,
+) {
     let nb = block_rows(k);
     // With several x tiles per block, widening f16/bf16 once into an f32 panel beats widening in
-    // registers for every tile (the conversion is exact, so the bits do not change).
-    let pack = m > MAX_MR && !matches!(w, WeightRef::F32(_));
+    // registers for every tile (the conversion is exact, so the bits do not change). Packed
+    // weights are always widened (and laid out as rows) here.
+    let pack = match w {
+        Weights::Rows(w) => m > MAX_MR && !matches!(w, WeightRef::F32(_)),
+        Weights::Packed(_) => true,
+    };
     let mut panel = if pack {
         vec![0.0f32; nb.min(cols.len()) * k]
     } else {
@@ -114,13 +197,18 @@ fn compute_rows(
     while jb < cols.end {
         let je = (jb + nb).min(cols.end);
         let rows = je - jb;
-        let block = w.slice(jb * k..je * k);
-        let block = if pack {
-            let panel = &mut panel[..rows * k];
-            backend.convert(block, panel);
-            WeightRef::F32(panel)
-        } else {
-            block
+        let block = match w {
+            Weights::Rows(w) if !pack => w.slice(jb * k..je * k),
+            Weights::Rows(w) => {
+                let panel = &mut panel[..rows * k];
+                backend.convert(w.slice(jb * k..je * k), panel);
+                WeightRef::F32(panel)
+            }
+            Weights::Packed(w) => {
+                let panel = &mut panel[..rows * k];
+                unpack_rows(w, jb..je, panel);
+                WeightRef::F32(panel)
+            }
         };
         let mut i = 0;
         while i < m {
@@ -138,13 +226,9 @@ fn compute_rows(
                 for (ii, tile_row) in tile.iter().enumerate().take(mr) {
                     for (jj, &v) in tile_row.iter().enumerate().take(nr) {
                         let col = jb + j + jj;
-                        let v = match bias {
-                            Some(b) => v + b[col],
-                            None => v,
-                        };
                         // SAFETY: i + ii < m and col < n; col lies in this call's `cols`, which
                         // no other thread writes.
-                        unsafe { out.write(i + ii, col, v) };
+                        unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
                     }
                 }
                 j += nr;

@@ -33,6 +33,7 @@
 
 mod bandwidth;
 mod driver;
+mod packed;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 
 pub use bandwidth::measure_read_bandwidth;
+pub use packed::{Packed, PackedData};
 
 /// A weight matrix, row-major `[n, k]` (the HuggingFace `Linear` layout), in its stored dtype.
 #[derive(Clone, Copy, Debug)]
@@ -134,7 +136,57 @@ pub fn matmul_t(
             b.len()
         );
     }
-    driver::matmul_t(backend(), pool, x, m, k, w, n, bias, out);
+    driver::matmul_t(
+        backend(),
+        pool,
+        x,
+        m,
+        k,
+        driver::Weights::Rows(w),
+        n,
+        bias,
+        out,
+    );
+}
+
+/// [`matmul_t`] with packed weights (see [`Packed`]): the same bits as `matmul_t` on the
+/// row-major weights the pack was made from.
+///
+/// # Panics
+/// If a slice length does not match `m`, `w.cols()` and `w.rows()`.
+pub fn matmul_t_packed(
+    pool: &rayon::ThreadPool,
+    x: &[f32],
+    m: usize,
+    w: &Packed,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(
+        x.len(),
+        m * k,
+        "matmul_t_packed: x is not [m, k] = [{m}, {k}]"
+    );
+    assert_eq!(
+        out.len(),
+        m * n,
+        "matmul_t_packed: out is not [m, n] = [{m}, {n}]"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul_t_packed: bias is not [n] = [{n}]");
+    }
+    driver::matmul_t(
+        backend(),
+        pool,
+        x,
+        m,
+        k,
+        driver::Weights::Packed(w),
+        n,
+        bias,
+        out,
+    );
 }
 
 /// `Σ a[l]·b[l]` in the canonical order of the module docs, so `dot(x, w_row)` equals the
@@ -171,6 +223,9 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 /// The largest tile the micro-kernels produce: `MAX_MR` rows of `x` × `MAX_NR` rows of `w`.
 const MAX_MR: usize = 4;
 const MAX_NR: usize = 8;
+/// Rows of `x` the packed-panel kernel takes at once: `mr·PANEL` accumulators, `mr` x vectors
+/// and one weight vector fit in 32 vector registers up to 3.
+const MAX_PANEL_MR: usize = 3;
 
 /// One micro-kernel result: `tile[i][j]` for the first `mr` rows and `nr` columns.
 type Tile = [[f32; MAX_NR]; MAX_MR];
@@ -231,6 +286,35 @@ impl Backend {
             Backend::Avx2(isa) => isa.tile(x, k, mr, w, nr),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.tile(x, k, mr, w, nr),
+        }
+    }
+
+    /// Whether this instruction set has a kernel for [`Packed`] panels.
+    fn reads_panels(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of one packed panel, in the
+    /// canonical order, without bias; `1 ≤ mr ≤ MAX_PANEL_MR`. Only when
+    /// [`Backend::reads_panels`].
+    fn panel_tile(self, x: &[f32], k: usize, mr: usize, panel: WeightRef<'_>) -> Tile {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.panel_tile(x, k, mr, panel),
+            _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
+        }
+    }
+
+    /// Widens `rows` rows of packed panels (`src` starts at a panel) into row-major f32.
+    fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.unpack(src, k, rows, dst),
+            _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
 

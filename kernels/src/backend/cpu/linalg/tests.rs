@@ -187,6 +187,60 @@ fn simd_kernels_equal_the_canonical_definition() {
     }
 }
 
+/// Packed (panel) weights give the bits of the row-major product they were made from, for
+/// decode row counts (the panel kernel) and prefill ones (widened back to rows), with `n` and
+/// `k` tails, on one and two threads.
+#[test]
+fn packed_weights_equal_row_major_bitwise() {
+    if !backend().reads_panels() {
+        assert!(Packed::new(WeightRef::F16(&[f16::ZERO; 4]), 2, 2).is_none());
+        return;
+    }
+    for (n, k) in [
+        (1, 1),
+        (7, 15),
+        (8, 16),
+        (9, 17),
+        (30, 33),
+        (100, 80),
+        (530, 1030),
+    ] {
+        for dtype in [1, 2] {
+            let w = Weights::new(dtype, &values((n * k) as u64, n * k));
+            let packed = Packed::new(w.view(), n, k).expect("f16/bf16 pack on AVX-512");
+            assert_eq!((packed.rows(), packed.cols()), (n, k));
+            let mut row = vec![0.0f32; k];
+            for j in [0, n / 2, n - 1] {
+                packed.row_into(j, &mut row);
+                let want: Vec<f32> = (0..k).map(|l| w.at(j * k + l)).collect();
+                assert_eq!(row, want, "row {j} of {n}x{k}");
+            }
+            let bias = values(n as u64, n);
+            for m in [1, 2, 3, 4, 5, 9] {
+                let x = values((m * k) as u64 + 3, m * k);
+                for threads in [1, 2] {
+                    let want = run(threads, &x, m, k, &w, n, Some(&bias));
+                    let mut got = vec![f32::NAN; m * n];
+                    matmul_t_packed(pool(threads), &x, m, &packed, Some(&bias), &mut got);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{m}x{k} by packed {n}x{k} (dtype {dtype}, {threads} threads)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_weights_are_not_packed() {
+    assert!(Packed::new(WeightRef::F32(&[0.0; 4]), 2, 2).is_none());
+}
+
 #[test]
 fn dot_equals_a_one_by_one_matmul() {
     for len in [0, 1, 7, 16, 33, 128, 1000] {

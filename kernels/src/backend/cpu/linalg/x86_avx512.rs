@@ -6,7 +6,8 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::{MAX_MR, MAX_NR, Tile, WeightRef};
+use super::packed::{PANEL, padded_k};
+use super::{MAX_MR, MAX_NR, MAX_PANEL_MR, Tile, WeightRef};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 16;
@@ -32,6 +33,26 @@ impl Avx512 {
             WeightRef::F32(w) => tile_typed(self, x, k, mr, w, nr),
             WeightRef::F16(w) => tile_typed(self, x, k, mr, w, nr),
             WeightRef::BF16(w) => tile_typed(self, x, k, mr, w, nr),
+        }
+    }
+
+    /// Dot products of `mr` rows of `x` (stride `k`) with the [`PANEL`] rows of one packed
+    /// panel (see `packed`), in the canonical order. `1 ≤ mr ≤ MAX_PANEL_MR`.
+    pub(super) fn panel_tile(self, x: &[f32], k: usize, mr: usize, panel: WeightRef<'_>) -> Tile {
+        match panel {
+            WeightRef::F32(p) => panel_typed(self, x, k, mr, p),
+            WeightRef::F16(p) => panel_typed(self, x, k, mr, p),
+            WeightRef::BF16(p) => panel_typed(self, x, k, mr, p),
+        }
+    }
+
+    /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
+    /// `dst` (`rows · k` elements).
+    pub(super) fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
+        match src {
+            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
+            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
+            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
         }
     }
 
@@ -157,6 +178,84 @@ fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], 
     tile
 }
 
+fn panel_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, panel: &[W]) -> Tile {
+    assert!((1..=MAX_PANEL_MR).contains(&mr), "panel tile of {mr} rows");
+    assert!(
+        x.len() >= mr * k && panel.len() >= PANEL * padded_k(k),
+        "panel tile operands too short"
+    );
+    let (xp, wp) = (x.as_ptr(), panel.as_ptr());
+    // SAFETY: `_isa` proves the features; x holds mr rows of k elements and the panel PANEL
+    // rows of padded_k(k) (asserted above), which is all the kernel reads.
+    unsafe {
+        match mr {
+            1 => spread(&panel_kernel::<W, 1>(xp, wp, k)),
+            2 => spread(&panel_kernel::<W, 2>(xp, wp, k)),
+            _ => spread(&panel_kernel::<W, 3>(xp, wp, k)),
+        }
+    }
+}
+
+/// Bytes ahead of the read position prefetched into L1 and into L2 by the panel kernel: far
+/// enough to cover the memory latency at full bandwidth, measured best on this machine.
+const PANEL_PREFETCH_L1: usize = 4096;
+const PANEL_PREFETCH_L2: usize = 32768;
+
+/// `MR` rows of `x` against one packed panel: the same accumulators, lanes and chunk order as
+/// [`kernel`] (the canonical order), reading the panel as one sequential stream.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads, `w` for `PANEL*padded_k(k)` reads.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn panel_kernel<W: Load16, const MR: usize>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+) -> [[f32; PANEL]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); PANEL]; MR];
+    let chunk_bytes = PANEL * LANES * size_of::<W>();
+    for c in 0..k.div_ceil(LANES) {
+        let off = c * LANES;
+        let p = w.wrapping_add(c * PANEL * LANES);
+        let bytes = p.cast::<i8>();
+        for line in (0..chunk_bytes).step_by(64) {
+            // A prefetch never faults, so running past the matrix end is harmless.
+            _mm_prefetch::<_MM_HINT_T0>(bytes.wrapping_add(PANEL_PREFETCH_L1 + line));
+            _mm_prefetch::<_MM_HINT_T1>(bytes.wrapping_add(PANEL_PREFETCH_L2 + line));
+        }
+        let mut xv = [_mm512_setzero_ps(); MR];
+        if off + LANES <= k {
+            for (i, v) in xv.iter_mut().enumerate() {
+                // SAFETY: off + 16 ≤ k, so this reads inside row i of x.
+                *v = unsafe { _mm512_loadu_ps(x.add(i * k + off)) };
+            }
+        } else {
+            let mask: __mmask16 = ((1u32 << (k - off)) - 1) as __mmask16;
+            for (i, v) in xv.iter_mut().enumerate() {
+                // SAFETY: the mask selects only the elements left in row i.
+                *v = unsafe { _mm512_maskz_loadu_ps(mask, x.add(i * k + off)) };
+            }
+        }
+        for j in 0..PANEL {
+            // SAFETY: chunk c of panel row j lies inside the panel (padded to whole chunks);
+            // past k it holds zeros, as the masked loads of `kernel` would.
+            let wv = unsafe { W::load(p.add(j * LANES)) };
+            for i in 0..MR {
+                acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+            }
+        }
+    }
+    let mut out = [[0.0; PANEL]; MR];
+    for i in 0..MR {
+        for j in 0..PANEL {
+            out[i][j] = hsum(acc[i][j]);
+        }
+    }
+    out
+}
+
 /// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
 #[inline]
 fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
@@ -272,6 +371,46 @@ unsafe fn convert_kernel<W: Load16>(s: *const W, d: *mut f32, full: usize, rem: 
     }
 }
 
+fn unpack_typed<W: Load16>(_isa: Avx512, src: &[W], k: usize, rows: usize, dst: &mut [f32]) {
+    let kp = padded_k(k);
+    assert!(
+        src.len() >= rows.div_ceil(PANEL) * PANEL * kp && dst.len() == rows * k,
+        "unpack: {rows} rows of {k}"
+    );
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: the Avx512 token proves the features; the lengths are asserted above.
+    unsafe { unpack_kernel(s, d, k, rows) }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL present; `s` valid for the panels holding `rows` rows of `padded_k(k)`,
+/// `d` for `rows · k` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn unpack_kernel<W: Load16>(s: *const W, d: *mut f32, k: usize, rows: usize) {
+    let kp = padded_k(k);
+    let (full, rem) = (k / LANES, k % LANES);
+    for r in 0..rows {
+        let panel = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * LANES);
+        let out = d.wrapping_add(r * k);
+        for c in 0..full {
+            // SAFETY: chunk c of row r is inside the panel; its output inside row r of d.
+            unsafe {
+                let v = W::load(panel.add(c * PANEL * LANES));
+                _mm512_storeu_ps(out.add(c * LANES), v);
+            }
+        }
+        if rem != 0 {
+            let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+            // SAFETY: the mask selects only the rem elements left in row r of d; the panel holds
+            // the whole (padded) chunk.
+            unsafe {
+                let v = W::load(panel.add(full * PANEL * LANES));
+                _mm512_mask_storeu_ps(out.add(full * LANES), mask, v);
+            }
+        }
+    }
+}
+
 /// # Safety
 /// AVX-512 F/BW/VL present; `x.len() == y.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -313,6 +452,13 @@ unsafe fn read_sum_kernel(data: &[f32]) -> f32 {
     let p = data.as_ptr();
     let full = data.len() / STEP;
     for c in 0..full {
+        // The same prefetch distances as the decode kernel: the probe measures what a core can
+        // stream, and must not be beaten by the kernel it judges.
+        let at = p.wrapping_add(c * STEP).cast::<i8>();
+        for line in (0..STEP * 4).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH_L1 + line));
+            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PANEL_PREFETCH_L2 + line));
+        }
         for (u, a) in acc.iter_mut().enumerate() {
             // SAFETY: c*STEP + STEP ≤ len.
             *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(p.add(c * STEP + u * LANES)) });
