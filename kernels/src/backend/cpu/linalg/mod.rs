@@ -298,13 +298,21 @@ impl Backend {
         }
     }
 
-    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of one packed panel, in the
-    /// canonical order, without bias; `1 ≤ mr ≤ MAX_PANEL_MR`. Only when
-    /// [`Backend::reads_panels`].
-    fn panel_tile(self, x: &[f32], k: usize, mr: usize, panel: WeightRef<'_>) -> Tile {
+    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of `count` packed panels, in
+    /// the canonical order, without bias, into `out` (row `i` at `i · count · PANEL`);
+    /// `1 ≤ mr ≤ MAX_PANEL_MR`. Only when [`Backend::reads_panels`].
+    fn panels(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        panels: WeightRef<'_>,
+        count: usize,
+        out: &mut [f32],
+    ) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(isa) => isa.panel_tile(x, k, mr, panel),
+            Backend::Avx512(isa) => isa.panels(x, k, mr, panels, count, out),
             _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
         }
     }

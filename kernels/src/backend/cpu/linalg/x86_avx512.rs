@@ -36,13 +36,22 @@ impl Avx512 {
         }
     }
 
-    /// Dot products of `mr` rows of `x` (stride `k`) with the [`PANEL`] rows of one packed
-    /// panel (see `packed`), in the canonical order. `1 ≤ mr ≤ MAX_PANEL_MR`.
-    pub(super) fn panel_tile(self, x: &[f32], k: usize, mr: usize, panel: WeightRef<'_>) -> Tile {
-        match panel {
-            WeightRef::F32(p) => panel_typed(self, x, k, mr, p),
-            WeightRef::F16(p) => panel_typed(self, x, k, mr, p),
-            WeightRef::BF16(p) => panel_typed(self, x, k, mr, p),
+    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of `count` consecutive
+    /// packed panels (see `packed`), in the canonical order: row `i` of `x` against panel row
+    /// `r` lands in `out[i * count * PANEL + r]`. `1 ≤ mr ≤ MAX_PANEL_MR`.
+    pub(super) fn panels(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        panels: WeightRef<'_>,
+        count: usize,
+        out: &mut [f32],
+    ) {
+        match panels {
+            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out),
+            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out),
+            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out),
         }
     }
 
@@ -178,20 +187,57 @@ fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], 
     tile
 }
 
-fn panel_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, panel: &[W]) -> Tile {
+fn panels_typed<W: Load16>(
+    _isa: Avx512,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    panels: &[W],
+    count: usize,
+    out: &mut [f32],
+) {
     assert!((1..=MAX_PANEL_MR).contains(&mr), "panel tile of {mr} rows");
     assert!(
-        x.len() >= mr * k && panel.len() >= PANEL * padded_k(k),
-        "panel tile operands too short"
+        x.len() >= mr * k
+            && panels.len() >= count * PANEL * padded_k(k)
+            && out.len() >= mr * count * PANEL,
+        "panel operands too short"
     );
-    let (xp, wp) = (x.as_ptr(), panel.as_ptr());
-    // SAFETY: `_isa` proves the features; x holds mr rows of k elements and the panel PANEL
-    // rows of padded_k(k) (asserted above), which is all the kernel reads.
+    let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
+    // SAFETY: `_isa` proves the features; x holds mr rows of k elements, `panels` count panels
+    // of PANEL rows of padded_k(k), `out` mr rows of count·PANEL results (asserted above).
     unsafe {
         match mr {
-            1 => spread(&panel_kernel::<W, 1>(xp, wp, k)),
-            2 => spread(&panel_kernel::<W, 2>(xp, wp, k)),
-            _ => spread(&panel_kernel::<W, 3>(xp, wp, k)),
+            1 => panels_kernel::<W, 1>(xp, wp, k, count, op),
+            2 => panels_kernel::<W, 2>(xp, wp, k, count, op),
+            _ => panels_kernel::<W, 3>(xp, wp, k, count, op),
+        }
+    }
+}
+
+/// [`panel_kernel`] over `count` consecutive panels in one call, so the stream (and its
+/// prefetch) runs on without a call and a result copy between panels.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads, `w` for `count*PANEL*padded_k(k)` reads,
+/// `out` for `MR*count*PANEL` writes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn panels_kernel<W: Load16, const MR: usize>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    count: usize,
+    out: *mut f32,
+) {
+    let per_panel = PANEL * padded_k(k);
+    for q in 0..count {
+        // SAFETY: panel q is inside `w` (caller contract).
+        let tile = unsafe { panel_kernel::<W, MR>(x, w.add(q * per_panel), k) };
+        for (i, row) in tile.iter().enumerate() {
+            for (r, &v) in row.iter().enumerate() {
+                // SAFETY: i < MR and q * PANEL + r < count * PANEL (caller contract).
+                unsafe { *out.add(i * count * PANEL + q * PANEL + r) = v };
+            }
         }
     }
 }
