@@ -47,13 +47,8 @@ impl StopMatcher {
         }
         self.held.push_str(delta);
 
-        // The earliest occurrence of any stop string; all earlier text was checked to hold none.
-        let first_stop = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(at) = first_stop {
+        // All text released earlier was checked to hold no stop.
+        if let Some(at) = self.first_stop() {
             // A longer stop string that starts earlier and may still complete comes first in
             // the text if it does: hold from its start until it completes or cannot.
             match self.pending_stop_before(at) {
@@ -86,11 +81,7 @@ impl StopMatcher {
     /// Releases the held-back text when the sequence ends for another reason. A stop string
     /// that completed while a longer one was still possible cuts the text here (`stopped`).
     pub fn finish(&mut self) -> StopOutput {
-        let first_stop = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
+        let first_stop = self.first_stop();
         if let Some(at) = first_stop {
             self.held.truncate(at);
             self.stopped = true;
@@ -99,6 +90,14 @@ impl StopMatcher {
             text: std::mem::take(&mut self.held),
             stopped: first_stop.is_some(),
         }
+    }
+
+    /// Where the earliest occurrence of any stop string in the held text starts.
+    fn first_stop(&self) -> Option<usize> {
+        self.stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
     }
 
     /// The earliest start before `at` of a held suffix that is a proper prefix of a stop string

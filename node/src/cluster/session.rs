@@ -117,6 +117,8 @@ pub async fn run(cluster: Arc<Cluster>, link: Arc<Link>) {
             Ok(mut running) => supervise(&cluster, &link, &mut running).await,
             Err(e) => tracing::error!(error = %format!("{e:#}"), "starting actor sessions"),
         }
+        // A layer that fails at once (say its TCP acceptor cannot be built) would otherwise be
+        // restarted in a tight loop.
         tokio::time::sleep(RESTART_PAUSE).await;
     }
 }
@@ -277,6 +279,8 @@ async fn dial(cluster: Arc<Cluster>, link: Arc<Link>, peer: NodeId) {
             }
         }
         let (Some(server), Some(addr)) = (link.server(), cluster.peer_addr(peer)) else {
+            // The NodeServer is restarting or the peer's address is not committed yet: both
+            // change without a notification this loop could wait on.
             tokio::time::sleep(REDIAL_PAUSE).await;
             continue;
         };

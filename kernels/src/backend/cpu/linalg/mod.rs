@@ -48,7 +48,7 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 
 pub use bandwidth::measure_read_bandwidth;
-pub use packed::{Packed, PackedData};
+pub use packed::Packed;
 
 /// A weight matrix, row-major `[n, k]` (the HuggingFace `Linear` layout), in its stored dtype.
 #[derive(Clone, Copy, Debug)]

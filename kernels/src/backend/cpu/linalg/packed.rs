@@ -28,7 +28,7 @@ pub const CHUNK: usize = 16;
 
 /// Packed 16-bit weights.
 #[derive(Clone, Debug)]
-pub enum PackedData {
+pub(super) enum PackedData {
     F16(Vec<f16>),
     BF16(Vec<bf16>),
 }
