@@ -1,6 +1,6 @@
 //! Criterion benches: prefill (m = 512) `matmul_t` against the `gemm` crate on the model's
-//! shapes, and decode GEMV throughput in bytes/s (row-major f16 and the packed panels the CPU
-//! backend uses) next to `measure_read_bandwidth`.
+//! shapes, decode GEMV throughput in bytes/s (row-major f16 and the packed panels the CPU
+//! backend uses) next to `measure_read_bandwidth`, and the cost of handing an op to the pool.
 
 use std::hint::black_box;
 
@@ -98,9 +98,9 @@ fn prefill(c: &mut Criterion) {
 }
 
 fn gemv(c: &mut Criterion) {
-    let pool = pool(2);
-    // A stack of f16 layers ≫ the last-level cache, so every call streams from DRAM.
-    let layers = 24;
+    // The 12 layers of the `bench-engine` model in f16 (≫ the cache of this VM's share of L3),
+    // row-major and packed, so every pass streams from DRAM.
+    let layers = 12;
     let stack: Vec<(Vec<f16>, usize, usize)> = (0..layers)
         .flat_map(|_| LAYER.iter().copied())
         .enumerate()
@@ -113,55 +113,82 @@ fn gemv(c: &mut Criterion) {
         })
         .collect();
     let bytes: usize = stack.iter().map(|(w, _, _)| w.len() * 2).sum();
-    let bw = measure_read_bandwidth(&pool, bytes, 5);
-    eprintln!(
-        "measure_read_bandwidth (2 threads, {} MiB): {:.2} GB/s",
-        bytes >> 20,
-        bw / 1e9
-    );
-    let x = values(2816, 3);
-    let mut out = vec![0.0f32; 5632];
-    let mut group = c.benchmark_group("gemv_m1");
-    group.sample_size(10);
-    group.throughput(Throughput::Bytes(bytes as u64));
-    group.bench_function("f16_layer_stack", |b| {
-        b.iter(|| {
-            for (w, n, k) in &stack {
-                matmul_t(
-                    &pool,
-                    &x[..*k],
-                    1,
-                    *k,
-                    WeightRef::F16(w),
-                    *n,
-                    None,
-                    &mut out[..*n],
-                );
-            }
-            black_box(&out);
-        })
-    });
     // The layout the CPU backend loads f16 weights in (on CPUs with the panel kernel).
     let packed: Vec<Packed> = stack
         .iter()
         .filter_map(|(w, n, k)| Packed::new(WeightRef::F16(w), *n, *k))
         .collect();
-    if packed.len() == stack.len() {
-        group.bench_function("f16_layer_stack_packed", |b| {
+    let x = values(2816, 3);
+    let mut out = vec![0.0f32; 5632];
+    let mut group = c.benchmark_group("gemv_m1");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(bytes as u64));
+    for threads in [1, 2] {
+        let pool = pool(threads);
+        let bw = measure_read_bandwidth(&pool, 1 << 30, 5);
+        eprintln!(
+            "measure_read_bandwidth ({threads} threads, 1 GiB, best of 5): {:.2} GB/s",
+            bw / 1e9
+        );
+        // Each pass runs inside the pool, as the engine's forward pass does (`Backend::run`).
+        group.bench_function(format!("{threads}t/f16_rows"), |b| {
             b.iter(|| {
-                for w in &packed {
-                    let (n, k) = (w.rows(), w.cols());
-                    matmul_t_packed(&pool, &x[..k], 1, w, None, &mut out[..n]);
-                }
+                pool.install(|| {
+                    for (w, n, k) in &stack {
+                        let (n, k) = (*n, *k);
+                        matmul_t(
+                            &pool,
+                            &x[..k],
+                            1,
+                            k,
+                            WeightRef::F16(w),
+                            n,
+                            None,
+                            &mut out[..n],
+                        );
+                    }
+                });
                 black_box(&out);
             })
         });
+        if packed.len() == stack.len() {
+            group.bench_function(format!("{threads}t/f16_packed"), |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        for w in &packed {
+                            let (n, k) = (w.rows(), w.cols());
+                            matmul_t_packed(&pool, &x[..k], 1, w, None, &mut out[..n]);
+                        }
+                    });
+                    black_box(&out);
+                })
+            });
+        }
     }
-    group.bench_function("read_bandwidth_probe", |b| {
-        b.iter(|| black_box(measure_read_bandwidth(&pool, 64 << 20, 1)))
+    group.finish();
+}
+
+/// What one parallel op costs to hand to a 2-thread pool, from outside it (a caller thread that
+/// must wake the workers) and from inside it (the engine's forward pass, see `Backend::run`).
+fn dispatch(c: &mut Criterion) {
+    let pool = pool(2);
+    let mut group = c.benchmark_group("dispatch");
+    group.bench_function("broadcast_from_outside_the_pool", |b| {
+        b.iter(|| pool.broadcast(|ctx| black_box(ctx.index())))
+    });
+    group.bench_function("broadcast_from_inside_the_pool", |b| {
+        b.iter_custom(|iters| {
+            pool.install(|| {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    pool.broadcast(|ctx| black_box(ctx.index()));
+                }
+                start.elapsed()
+            })
+        })
     });
     group.finish();
 }
 
-criterion_group!(benches, prefill, gemv);
+criterion_group!(benches, prefill, gemv, dispatch);
 criterion_main!(benches);
