@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{AttentionBatch, Backend, HostMatrix, QkvLayout};
 use crate::dtype::DType;
-use linalg::WeightRef;
+use linalg::{Slab, WeightRef};
 
 /// Below this many multiply-adds an op runs inline: a rayon dispatch costs more.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
@@ -22,6 +22,8 @@ const PARALLEL_THRESHOLD: usize = 1 << 15;
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// Weight memory, filled in upload order (see `linalg::Arena`).
+    arena: linalg::Arena,
 }
 
 impl CpuBackend {
@@ -36,7 +38,11 @@ impl CpuBackend {
             .num_threads(threads)
             .thread_name(|i| format!("helixflow-cpu-{i}"))
             .build()?;
-        Ok(CpuBackend { pool, threads })
+        Ok(CpuBackend {
+            pool,
+            threads,
+            arena: linalg::Arena::new(),
+        })
     }
 
     /// Number of worker threads.
@@ -52,9 +58,9 @@ impl CpuBackend {
 
 /// Weight storage of a [`CpuMatrix`].
 pub enum CpuWeights {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
+    F32(Slab<f32>),
+    F16(Slab<f16>),
+    BF16(Slab<bf16>),
     /// f16/bf16 repacked into the panels the decode kernel streams (where the CPU has that
     /// kernel: AVX-512).
     Packed(linalg::Packed),
@@ -125,28 +131,35 @@ impl Backend for CpuBackend {
     }
 
     fn matrix(&self, host: HostMatrix<'_>) -> CpuMatrix {
+        let (n, k) = (host.rows, host.cols);
+        let arena = &self.arena;
         let weights = match host.dtype {
-            DType::F32 => CpuWeights::F32(
-                host.parts
-                    .iter()
-                    .flat_map(|p| {
-                        p.chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    })
-                    .collect(),
-            ),
-            DType::F16 => CpuWeights::F16(le_elements(host.parts, f16::from_le_bytes)),
-            DType::BF16 => CpuWeights::BF16(le_elements(host.parts, bf16::from_le_bytes)),
+            DType::F32 => {
+                let mut slab = arena.alloc::<f32>(n * k);
+                let bytes = host.parts.iter().flat_map(|p| p.chunks_exact(4));
+                for (v, c) in slab.iter_mut().zip(bytes) {
+                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+                CpuWeights::F32(slab)
+            }
+            DType::F16 => {
+                let w = le_elements(host.parts, f16::from_le_bytes);
+                match linalg::Packed::new_in(arena, WeightRef::F16(&w), n, k) {
+                    Some(p) => CpuWeights::Packed(p),
+                    None => CpuWeights::F16(arena.copy(&w)),
+                }
+            }
+            DType::BF16 => {
+                let w = le_elements(host.parts, bf16::from_le_bytes);
+                match linalg::Packed::new_in(arena, WeightRef::BF16(&w), n, k) {
+                    Some(p) => CpuWeights::Packed(p),
+                    None => CpuWeights::BF16(arena.copy(&w)),
+                }
+            }
         };
-        let packed = match &weights {
-            CpuWeights::F16(w) => linalg::Packed::new(WeightRef::F16(w), host.rows, host.cols),
-            CpuWeights::BF16(w) => linalg::Packed::new(WeightRef::BF16(w), host.rows, host.cols),
-            _ => None,
-        };
-        let weights = packed.map_or(weights, CpuWeights::Packed);
         CpuMatrix {
-            rows: host.rows,
-            cols: host.cols,
+            rows: n,
+            cols: k,
             weights,
         }
     }

@@ -31,6 +31,7 @@
 //! register tiles and the weights are f16/bf16), and applies each block to all `m` rows of `x`,
 //! `mr` rows at a time, so every weight byte comes from DRAM once per call whatever `m` is.
 
+mod arena;
 mod bandwidth;
 mod driver;
 mod packed;
@@ -47,6 +48,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+pub use arena::{Arena, Element, Slab};
 pub use bandwidth::measure_read_bandwidth;
 pub use packed::Packed;
 

@@ -20,6 +20,7 @@ use std::ops::Range;
 use half::{bf16, f16};
 
 use super::WeightRef;
+use super::arena::{Arena, Element, Slab};
 
 /// Weight rows per panel: the `nr` of the decode micro-kernel.
 pub const PANEL: usize = 8;
@@ -27,14 +28,14 @@ pub const PANEL: usize = 8;
 pub const CHUNK: usize = 16;
 
 /// Packed 16-bit weights.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) enum PackedData {
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
+    F16(Slab<f16>),
+    BF16(Slab<bf16>),
 }
 
 /// A weight matrix `[n, k]` in the panel layout of the module docs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Packed {
     pub(super) data: PackedData,
     pub(super) n: usize,
@@ -42,17 +43,24 @@ pub struct Packed {
 }
 
 impl Packed {
-    /// Repacks row-major f16/bf16 weights `[n, k]`; `None` for f32 (the row-major kernels read
-    /// f32 at the machine's bandwidth already) or when this CPU's kernels do not read panels.
+    /// Repacks row-major f16/bf16 weights `[n, k]` into memory of their own; `None` for f32
+    /// (the row-major kernels read f32 at the machine's bandwidth already) or when this CPU's
+    /// kernels do not read panels.
     pub fn new(w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
+        Packed::new_in(&Arena::with_region_bytes(0), w, n, k)
+    }
+
+    /// [`Packed::new`] into the next slab of `arena` (a model packs its matrices in the order
+    /// its forward pass reads them; see `arena`).
+    pub fn new_in(arena: &Arena, w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
         if !super::backend().reads_panels() {
             return None;
         }
         assert_eq!(w.len(), n * k, "Packed::new: w is not [n, k]");
         let data = match w {
             WeightRef::F32(_) => return None,
-            WeightRef::F16(w) => PackedData::F16(pack(w, n, k)),
-            WeightRef::BF16(w) => PackedData::BF16(pack(w, n, k)),
+            WeightRef::F16(w) => PackedData::F16(pack(arena, w, n, k)),
+            WeightRef::BF16(w) => PackedData::BF16(pack(arena, w, n, k)),
         };
         Some(Packed { data, n, k })
     }
@@ -109,9 +117,9 @@ fn index(kp: usize, j: usize, l: usize) -> usize {
     (j / PANEL) * PANEL * kp + ((l / CHUNK) * PANEL + j % PANEL) * CHUNK + l % CHUNK
 }
 
-fn pack<T: Copy + Default>(w: &[T], n: usize, k: usize) -> Vec<T> {
+fn pack<T: Element>(arena: &Arena, w: &[T], n: usize, k: usize) -> Slab<T> {
     let kp = padded_k(k);
-    let mut out = vec![T::default(); n.div_ceil(PANEL) * PANEL * kp];
+    let mut out = arena.alloc(n.div_ceil(PANEL) * PANEL * kp);
     for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
         for (c, chunk) in row.chunks(CHUNK).enumerate() {
             let at = index(kp, j, c * CHUNK);
