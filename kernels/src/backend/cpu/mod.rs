@@ -9,18 +9,22 @@
 pub mod linalg;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::{AttentionBatch, Backend, HostMatrix, QkvLayout};
 use crate::dtype::DType;
 use linalg::{Slab, WeightRef};
 
-/// Below this many multiply-adds an op runs inline: a rayon dispatch costs more.
+/// Below this many multiply-adds an op runs inline: a dispatch costs more.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
+
+thread_local! {
+    /// Attention scores of the head being computed, kept per thread across calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The CPU backend.
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    workers: linalg::Workers,
     threads: usize,
     /// Weight memory, filled in upload order (see `linalg::Arena`).
     arena: linalg::Arena,
@@ -39,7 +43,7 @@ impl CpuBackend {
             .thread_name(|i| format!("helixflow-cpu-{i}"))
             .build()?;
         Ok(CpuBackend {
-            pool,
+            workers: linalg::Workers::new(pool),
             threads,
             arena: linalg::Arena::new(),
         })
@@ -52,7 +56,35 @@ impl CpuBackend {
 
     /// The worker pool (benchmarks measure memory bandwidth on it).
     pub fn pool(&self) -> &rayon::ThreadPool {
-        &self.pool
+        self.workers.pool()
+    }
+
+    /// `f(row, out_row)` for every row of `out` (`width` wide), in parallel when the op is worth
+    /// a dispatch (`work` multiply-adds or so).
+    fn rows(
+        &self,
+        out: &mut [f32],
+        width: usize,
+        work: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        let rows = out.len() / width.max(1);
+        if work < PARALLEL_THRESHOLD || rows <= 1 {
+            out.chunks_exact_mut(width.max(1))
+                .enumerate()
+                .for_each(|(r, o)| f(r, o));
+            return;
+        }
+        let shared = linalg::Disjoint::new(out);
+        // Enough chunks per thread to even out unequal rows, few enough to keep claims cheap.
+        let grain = rows.div_ceil(8 * self.threads).max(1);
+        linalg::for_each_chunk(self.pool(), rows, grain, &|chunk| {
+            // SAFETY: chunks are disjoint, so are their rows; `out` outlives the call.
+            let out = unsafe { shared.range(chunk.start * width..chunk.end * width) };
+            for (r, o) in chunk.zip(out.chunks_exact_mut(width)) {
+                f(r, o);
+            }
+        });
     }
 }
 
@@ -195,24 +227,14 @@ impl Backend for CpuBackend {
     fn rms_norm(&self, x: &Vec<f32>, weight: &Vec<f32>, eps: f32, out: &mut Vec<f32>) {
         let width = weight.len();
         resize(out, x.len());
-        let norm_row = |(o, x): (&mut [f32], &[f32])| {
+        self.rows(out, width, x.len(), &|r, o| {
+            let x = &x[r * width..(r + 1) * width];
             let mean_square = x.iter().map(|v| v * v).sum::<f32>() / width as f32;
             let inv = 1.0 / (mean_square + eps).sqrt();
             for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
                 *o = w * (x * inv);
             }
-        };
-        if x.len() < PARALLEL_THRESHOLD {
-            out.chunks_exact_mut(width)
-                .zip(x.chunks_exact(width))
-                .for_each(norm_row);
-        } else {
-            self.pool.install(|| {
-                out.par_chunks_exact_mut(width)
-                    .zip(x.par_chunks_exact(width))
-                    .for_each(norm_row)
-            });
-        }
+        });
     }
 
     fn matmul(
@@ -226,7 +248,7 @@ impl Backend for CpuBackend {
         assert_eq!(x.len(), rows * w.cols, "matmul: input is not [rows, cols]");
         resize(out, rows * w.rows);
         let bias = bias.map(Vec::as_slice);
-        let (pool, k, n) = (&self.pool, w.cols, w.rows);
+        let (pool, k, n) = (self.pool(), w.cols, w.rows);
         match &w.weights {
             CpuWeights::F32(v) => {
                 linalg::matmul_t(pool, x, rows, k, WeightRef::F32(v), n, bias, out)
@@ -291,7 +313,9 @@ impl Backend for CpuBackend {
             }
         }
 
-        let head = |scores: &mut Vec<f32>, (index, out): (usize, &mut [f32])| {
+        let work: usize =
+            row_info.iter().map(|&(_, p)| p + 1).sum::<usize>() * layout.num_heads * hd;
+        self.rows(out, hd, work, &|index, out| {
             let (row, h) = (index / layout.num_heads, index % layout.num_heads);
             let (s, pos) = row_info[row];
             let table = batch.seqs[s].block_table;
@@ -303,61 +327,38 @@ impl Backend for CpuBackend {
             let slot = |p: usize| {
                 table[p / batch.block_size] as usize * batch.block_size + p % batch.block_size
             };
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in first..=pos {
-                let k = &store.k[slot(p) * store.kv_width + kv_offset..][..hd];
-                let score = linalg::dot(q, k) * scale;
-                max = max.max(score);
-                scores.push(score);
-            }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            out.fill(0.0);
-            for (p, s) in (first..=pos).zip(scores.iter()) {
-                let v = &store.v[slot(p) * store.kv_width + kv_offset..][..hd];
-                linalg::axpy(s / sum, v, out);
-            }
-        };
-        let work: usize =
-            row_info.iter().map(|&(_, p)| p + 1).sum::<usize>() * layout.num_heads * hd;
-        if work < PARALLEL_THRESHOLD {
-            let mut scores = Vec::new();
-            out.chunks_exact_mut(hd)
-                .enumerate()
-                .for_each(|item| head(&mut scores, item));
-        } else {
-            self.pool.install(|| {
-                out.par_chunks_exact_mut(hd)
-                    .enumerate()
-                    .for_each_init(Vec::new, head)
+            SCORES.with_borrow_mut(|scores| {
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for p in first..=pos {
+                    let k = &store.k[slot(p) * store.kv_width + kv_offset..][..hd];
+                    let score = linalg::dot(q, k) * scale;
+                    max = max.max(score);
+                    scores.push(score);
+                }
+                let mut sum = 0.0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                out.fill(0.0);
+                for (p, s) in (first..=pos).zip(scores.iter()) {
+                    let v = &store.v[slot(p) * store.kv_width + kv_offset..][..hd];
+                    linalg::axpy(s / sum, v, out);
+                }
             });
-        }
+        });
     }
 
     fn silu_mul(&self, gate_up: &Vec<f32>, width: usize, out: &mut Vec<f32>) {
         let rows = gate_up.len() / (2 * width);
         resize(out, rows * width);
-        let row = |(o, gu): (&mut [f32], &[f32])| {
-            let (gate, up) = gu.split_at(width);
+        self.rows(out, width, gate_up.len(), &|r, o| {
+            let (gate, up) = gate_up[2 * r * width..2 * (r + 1) * width].split_at(width);
             for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
                 *o = g / (1.0 + (-g).exp()) * u;
             }
-        };
-        if gate_up.len() < PARALLEL_THRESHOLD {
-            out.chunks_exact_mut(width)
-                .zip(gate_up.chunks_exact(2 * width))
-                .for_each(row);
-        } else {
-            self.pool.install(|| {
-                out.par_chunks_exact_mut(width)
-                    .zip(gate_up.par_chunks_exact(2 * width))
-                    .for_each(row)
-            });
-        }
+        });
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
@@ -372,7 +373,7 @@ impl Backend for CpuBackend {
     }
 
     fn run<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(pass)
+        self.workers.run_pass(pass)
     }
 
     fn copy_block(&self, store: &mut CpuKvStore, src: u32, dst: u32) {

@@ -35,7 +35,7 @@ struct SharedOut {
 }
 
 // SAFETY: each thread writes only the columns of its own range (`partition` gives disjoint
-// ranges), and the `&mut [f32]` the pointer came from outlives every use (the broadcast joins
+// ranges), and the `&mut [f32]` the pointer came from outlives every use (`for_each_thread` joins
 // before `matmul_t` returns).
 unsafe impl Send for SharedOut {}
 // SAFETY: see `Send`.
@@ -90,8 +90,8 @@ pub(super) fn matmul_t(
         compute_rows(backend, x, m, k, w, bias, shared, 0..n);
         return;
     }
-    pool.broadcast(|ctx| {
-        let cols = partition(n, ctx.num_threads(), ctx.index());
+    super::for_each_thread(pool, &|index, count| {
+        let cols = partition(n, count, index);
         compute_rows(backend, x, m, k, w, bias, shared, cols);
     });
 }

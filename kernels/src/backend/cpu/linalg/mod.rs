@@ -36,6 +36,7 @@ mod bandwidth;
 mod driver;
 mod packed;
 mod scalar;
+mod team;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -51,6 +52,7 @@ use half::{bf16, f16};
 pub use arena::{Arena, Element, Slab};
 pub use bandwidth::measure_read_bandwidth;
 pub use packed::Packed;
+pub use team::{Disjoint, Workers, for_each_chunk, for_each_thread};
 
 /// A weight matrix, row-major `[n, k]` (the HuggingFace `Linear` layout), in its stored dtype.
 #[derive(Clone, Copy, Debug)]

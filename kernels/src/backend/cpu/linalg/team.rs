@@ -1,0 +1,332 @@
+//! Parallel dispatch for the CPU backend: a team of the pool's threads held spinning for the
+//! length of a forward pass, and helpers that hand work to it.
+//!
+//! A batch-1 decode step makes ~50 parallel calls of 50–400 µs each. Handing each to rayon
+//! (`broadcast`) lets the worker that finishes first go idle and fall asleep; the next call then
+//! waits for it to be woken, and a sleeping vCPU takes tens of µs to wake. On 2 threads that
+//! cost ~20% of the step. [`Workers::run_pass`] instead starts one rayon broadcast per pass:
+//! the pool's thread 0 runs the pass, the others spin waiting for jobs, and every
+//! [`for_each_thread`] call made by the pass on that pool goes to them through two atomics.
+//!
+//! Outside a pass (or on another pool) the helpers fall back to `rayon::ThreadPool::broadcast`,
+//! so they work from any thread.
+
+use std::cell::Cell;
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Spin iterations before a waiting thread starts yielding its core between checks (~20–60 µs):
+/// long enough to cover the gaps between a pass's parallel calls, short enough not to starve
+/// other processes for long when a pass does serial work.
+const SPINS_BEFORE_YIELD: u32 = 1 << 11;
+
+/// A job: called once per team thread with `(index, count)`.
+type Job<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// State shared by a pass's threads.
+struct Team {
+    /// The pool whose threads are the team (an address, only compared).
+    pool: usize,
+    threads: usize,
+    /// The current job, valid while `pending > 0`; written by the leader between jobs only.
+    job: Mutex<Option<Job<'static>>>,
+    /// Bumped (Release) when a job is posted.
+    generation: AtomicUsize,
+    /// Members still running the current job.
+    pending: AtomicUsize,
+    /// The pass is over: members return.
+    closed: AtomicBool,
+    /// A member's job panicked (the leader re-raises it).
+    panicked: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+thread_local! {
+    /// The team this thread leads, while it runs a pass.
+    static LEADING: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+}
+
+/// A rayon pool that can run a forward pass as a spinning team.
+pub struct Workers {
+    pool: rayon::ThreadPool,
+    /// One pass at a time: two passes' broadcasts could reach the threads in different orders
+    /// and each wait for a thread the other holds.
+    pass: Mutex<()>,
+}
+
+impl Workers {
+    pub fn new(pool: rayon::ThreadPool) -> Workers {
+        Workers {
+            pool,
+            pass: Mutex::new(()),
+        }
+    }
+
+    pub fn pool(&self) -> &rayon::ThreadPool {
+        &self.pool
+    }
+
+    /// Runs `pass` on thread 0 of the pool while the other threads spin, ready for the pass's
+    /// [`for_each_thread`] calls. A panic in the pass or in a job reaches the caller.
+    pub fn run_pass<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
+        let threads = self.pool.current_num_threads();
+        if threads <= 1 || leading(&self.pool).is_some() {
+            return self.pool.install(pass);
+        }
+        let _one_pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        let team = Team {
+            pool: pool_id(&self.pool),
+            threads,
+            job: Mutex::new(None),
+            generation: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            panicked: Mutex::new(None),
+        };
+        let pass = Mutex::new(Some(pass));
+        let result = Mutex::new(None);
+        self.pool.broadcast(|ctx| {
+            if ctx.index() != 0 {
+                team.serve(ctx.index());
+                return;
+            }
+            /// Ends the pass even if it panics: members return and this thread leads no more.
+            struct Close<'a>(&'a Team);
+            impl Drop for Close<'_> {
+                fn drop(&mut self) {
+                    LEADING.with(|l| l.set(std::ptr::null()));
+                    self.0.closed.store(true, Ordering::Release);
+                }
+            }
+            LEADING.with(|l| l.set(&team));
+            let _close = Close(&team);
+            let pass = lock(&pass).take().expect("the pass runs once");
+            *lock(&result) = Some(pass());
+        });
+        result
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("thread 0 ran the pass")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pool_id(pool: &rayon::ThreadPool) -> usize {
+    std::ptr::from_ref(pool) as usize
+}
+
+/// The team this thread leads on `pool`, if any.
+fn leading(pool: &rayon::ThreadPool) -> Option<&'static Team> {
+    let team = LEADING.with(Cell::get);
+    // SAFETY: LEADING is set only while `run_pass` holds the team on this thread's stack, and
+    // cleared before it is dropped; the reference does not escape the current call.
+    let team = unsafe { team.as_ref() }?;
+    (team.pool == pool_id(pool)).then_some(team)
+}
+
+/// Waits until `done()` holds: spins, then spins and yields.
+fn wait_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < SPINS_BEFORE_YIELD {
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+impl Team {
+    /// A member's loop: run each posted job, until the pass closes.
+    fn serve(&self, index: usize) {
+        let mut seen = 0;
+        loop {
+            wait_until(|| {
+                self.generation.load(Ordering::Acquire) != seen
+                    || self.closed.load(Ordering::Acquire)
+            });
+            let generation = self.generation.load(Ordering::Acquire);
+            if generation == seen {
+                return; // closed, and no job left unseen
+            }
+            seen = generation;
+            let job = lock(&self.job).expect("a posted job");
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job(index, self.threads))) {
+                lock(&self.panicked).get_or_insert(panic);
+            }
+            self.pending.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Runs `job` on every team thread (this one, the leader, as index 0) and returns when all
+    /// are done.
+    fn dispatch(&self, job: Job<'_>) {
+        // SAFETY: only the lifetime is erased. Members call the job only between the
+        // `generation` bump below and their `pending` decrement, and `Joined` waits for every
+        // decrement before this function returns or unwinds, so no call outlives `job`.
+        let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(job) };
+        *lock(&self.job) = Some(job);
+        self.pending.store(self.threads - 1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+
+        struct Joined<'a>(&'a Team);
+        impl Drop for Joined<'_> {
+            fn drop(&mut self) {
+                wait_until(|| self.0.pending.load(Ordering::Acquire) == 0);
+            }
+        }
+        let joined = Joined(self);
+        job(0, self.threads);
+        drop(joined);
+        if let Some(panic) = lock(&self.panicked).take() {
+            resume_unwind(panic);
+        }
+    }
+}
+
+/// Calls `job(index, count)` once on each of `count` threads of `pool` (through the running
+/// pass's team when this thread leads one on `pool`, otherwise through a rayon broadcast) and
+/// returns when all calls have.
+pub fn for_each_thread(pool: &rayon::ThreadPool, job: &(dyn Fn(usize, usize) + Sync)) {
+    if let Some(team) = leading(pool) {
+        team.dispatch(job);
+    } else if pool.current_num_threads() <= 1 {
+        pool.install(|| job(0, 1));
+    } else {
+        pool.broadcast(|ctx| job(ctx.index(), ctx.num_threads()));
+    }
+}
+
+/// Calls `f` on disjoint ranges covering `0..len`, of `grain` items each (the last may be
+/// shorter), claimed by the pool's threads one at a time, so threads that meet cheaper items
+/// take more of them.
+pub fn for_each_chunk(
+    pool: &rayon::ThreadPool,
+    len: usize,
+    grain: usize,
+    f: &(dyn Fn(Range<usize>) + Sync),
+) {
+    let grain = grain.max(1);
+    let next = AtomicUsize::new(0);
+    for_each_thread(pool, &|_, _| {
+        loop {
+            let start = next.fetch_add(grain, Ordering::Relaxed);
+            if start >= len {
+                break;
+            }
+            f(start..(start + grain).min(len));
+        }
+    });
+}
+
+/// A mutable slice that parallel jobs write in disjoint ranges.
+#[derive(Clone, Copy)]
+pub struct Disjoint<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: only `range` hands out access, and its callers promise disjoint ranges.
+unsafe impl<T: Send> Send for Disjoint<T> {}
+// SAFETY: see `Send`.
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    pub fn new(slice: &mut [T]) -> Disjoint<T> {
+        Disjoint {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+        }
+    }
+
+    /// The elements in `range`.
+    ///
+    /// # Safety
+    /// No two live results overlap, and none outlives the slice this was made from.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn range(&self, range: Range<usize>) -> &mut [T] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "Disjoint::range {range:?} of {}",
+            self.len
+        );
+        // SAFETY: in bounds (asserted); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers(threads: usize) -> Workers {
+        Workers::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_pass_reaches_every_thread_for_every_call() {
+        for threads in [1, 2, 3] {
+            let w = workers(threads);
+            let calls = w.run_pass(|| {
+                let hits = AtomicUsize::new(0);
+                for _ in 0..1000 {
+                    for_each_thread(w.pool(), &|index, count| {
+                        assert!(index < count && count == threads);
+                        hits.fetch_add(1 << (8 * index), Ordering::Relaxed);
+                    });
+                }
+                hits.into_inner()
+            });
+            let expected: usize = (0..threads).map(|i| 1000 << (8 * i)).sum();
+            assert_eq!(calls, expected, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_range_once_inside_and_outside_a_pass() {
+        let w = workers(2);
+        let check = || {
+            let seen: Vec<AtomicUsize> = (0..1001).map(|_| AtomicUsize::new(0)).collect();
+            for_each_chunk(w.pool(), seen.len(), 7, &|r| {
+                r.for_each(|i| {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+        };
+        check();
+        w.run_pass(check);
+    }
+
+    #[test]
+    fn a_panicking_job_reaches_the_caller_and_the_pool_still_works() {
+        let w = workers(2);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            w.run_pass(|| {
+                for_each_thread(w.pool(), &|index, _| {
+                    assert_ne!(index, 1, "member job fails");
+                })
+            })
+        }));
+        assert!(caught.is_err());
+        let caught = catch_unwind(AssertUnwindSafe(|| w.run_pass(|| panic!("pass fails"))));
+        assert!(caught.is_err());
+        assert_eq!(w.run_pass(|| 7), 7);
+    }
+
+    #[test]
+    fn a_nested_pass_runs_inline() {
+        let w = workers(2);
+        assert_eq!(w.run_pass(|| w.run_pass(|| 3) + 1), 4);
+    }
+}
