@@ -142,7 +142,11 @@ pub struct BenchEngineArgs {
     /// Timed decode steps per batch size.
     #[arg(long, default_value_t = 32)]
     pub decode_steps: usize,
-    /// Repetitions of each measurement (the best is reported).
+    /// Prompt tokens of each decode sequence: the context decode starts from.
+    #[arg(long, default_value_t = 16)]
+    pub decode_context: usize,
+    /// Repetitions of each measurement (decode: the median fraction of the ceiling and the best
+    /// tokens/s are reported; prefill: the best).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// MiB read per bandwidth measurement pass.

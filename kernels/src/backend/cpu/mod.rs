@@ -18,8 +18,10 @@ use linalg::{Slab, WeightRef};
 const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 thread_local! {
-    /// Attention scores of the head being computed, kept per thread across calls.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Attention scratch kept per thread across calls: the scores of the heads being computed,
+    /// and one block's dot products.
+    static SCORES: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The CPU backend.
@@ -133,12 +135,22 @@ impl CpuMatrix {
     }
 }
 
-/// One layer's K and V: `[slot, kv_width]` each, `slot = block * block_size + offset`.
+/// One layer's K and V, each `[block, kv_head, offset, head_dim]`: one head's keys (or
+/// values) in a block form a contiguous `[offset, head_dim]` matrix, which attention multiplies
+/// as a whole. A token slot is `block * block_size + offset`.
 pub struct CpuKvStore {
     kv_width: usize,
     block_size: usize,
     k: Vec<f32>,
     v: Vec<f32>,
+}
+
+impl CpuKvStore {
+    /// Index of `slot`'s first element of KV head `head` (head dimension `hd`).
+    fn at(&self, slot: usize, head: usize, hd: usize) -> usize {
+        let (block, offset) = (slot / self.block_size, slot % self.block_size);
+        block * self.block_size * self.kv_width + (head * self.block_size + offset) * hd
+    }
 }
 
 fn resize(buf: &mut Vec<f32>, len: usize) {
@@ -282,12 +294,15 @@ impl Backend for CpuBackend {
     }
 
     fn write_kv(&self, store: &mut CpuKvStore, qkv: &Vec<f32>, layout: QkvLayout, slots: &[u32]) {
-        let kw = layout.kv_width();
+        let hd = layout.head_dim;
         let k_start = layout.q_width();
+        let v_start = k_start + layout.kv_width();
         for (row, &slot) in qkv.chunks_exact(layout.width()).zip(slots) {
-            let dst = slot as usize * store.kv_width..(slot as usize + 1) * store.kv_width;
-            store.k[dst.clone()].copy_from_slice(&row[k_start..k_start + kw]);
-            store.v[dst].copy_from_slice(&row[k_start + kw..k_start + 2 * kw]);
+            for h in 0..layout.num_kv_heads {
+                let at = store.at(slot as usize, h, hd);
+                store.k[at..at + hd].copy_from_slice(&row[k_start + h * hd..][..hd]);
+                store.v[at..at + hd].copy_from_slice(&row[v_start + h * hd..][..hd]);
+            }
         }
     }
 
@@ -299,8 +314,9 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
     ) {
         let layout = batch.layout;
-        let hd = layout.head_dim;
-        let group = layout.num_heads / layout.num_kv_heads;
+        let (hd, bs) = (layout.head_dim, batch.block_size);
+        let kv_heads = layout.num_kv_heads;
+        let group = layout.num_heads / kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let total_rows: usize = batch.seqs.iter().map(|s| s.rows.len()).sum();
         resize(out, total_rows * layout.q_width());
@@ -313,38 +329,64 @@ impl Backend for CpuBackend {
             }
         }
 
-        let work: usize =
-            row_info.iter().map(|&(_, p)| p + 1).sum::<usize>() * layout.num_heads * hd;
-        self.rows(out, hd, work, &|index, out| {
-            let (row, h) = (index / layout.num_heads, index % layout.num_heads);
+        // One unit of work: a row's `group` query heads that share KV head `g`. Their queries
+        // and outputs are contiguous `[group, hd]` slices, and the keys they read, a block at a
+        // time, contiguous `[offset, hd]` matrices.
+        let work: usize = row_info.iter().map(|&(_, p)| p + 1).sum::<usize>() * layout.q_width();
+        self.rows(out, group * hd, work, &|unit, out| {
+            let (row, g) = (unit / kv_heads, unit % kv_heads);
             let (s, pos) = row_info[row];
             let table = batch.seqs[s].block_table;
             let first = batch
                 .sliding_window
                 .map_or(0, |w| (pos + 1).saturating_sub(w));
-            let q = &qkv[row * layout.width() + h * hd..][..hd];
-            let kv_offset = (h / group) * hd;
-            let slot = |p: usize| {
-                table[p / batch.block_size] as usize * batch.block_size + p % batch.block_size
+            let span = pos + 1 - first;
+            let q = &qkv[row * layout.width() + g * group * hd..][..group * hd];
+            // Positions first..=pos, a block (or the part of one inside the range) at a time:
+            // (index of the first position in the span, positions, index of the first K/V
+            // element).
+            let pieces = || {
+                let mut p = first;
+                std::iter::from_fn(move || {
+                    (p <= pos).then(|| {
+                        let end = (p / bs + 1) * bs;
+                        let n = end.min(pos + 1) - p;
+                        let slot = table[p / bs] as usize * bs + p % bs;
+                        let piece = (p - first, n, store.at(slot, g, hd));
+                        p += n;
+                        piece
+                    })
+                })
             };
-            SCORES.with_borrow_mut(|scores| {
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for p in first..=pos {
-                    let k = &store.k[slot(p) * store.kv_width + kv_offset..][..hd];
-                    let score = linalg::dot(q, k) * scale;
-                    max = max.max(score);
-                    scores.push(score);
+            SCORES.with_borrow_mut(|(scores, tile)| {
+                // scores[i * span + t]: query head i against position first + t.
+                resize(scores, group * span);
+                for (t, n, at) in pieces() {
+                    resize(tile, group * n);
+                    linalg::dots(q, group, hd, &store.k[at..at + n * hd], n, tile);
+                    for i in 0..group {
+                        for (sc, &d) in scores[i * span + t..][..n].iter_mut().zip(&tile[i * n..]) {
+                            *sc = d * scale;
+                        }
+                    }
                 }
-                let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                for head in scores.chunks_exact_mut(span) {
+                    let max = head.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let mut sum = 0.0f32;
+                    for s in head.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    for s in head.iter_mut() {
+                        *s /= sum;
+                    }
                 }
                 out.fill(0.0);
-                for (p, s) in (first..=pos).zip(scores.iter()) {
-                    let v = &store.v[slot(p) * store.kv_width + kv_offset..][..hd];
-                    linalg::axpy(s / sum, v, out);
+                for (t, n, at) in pieces() {
+                    let values = &store.v[at..at + n * hd];
+                    for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+                        linalg::axpy_rows(&scores[i * span + t..][..n], values, o);
+                    }
                 }
             });
         });

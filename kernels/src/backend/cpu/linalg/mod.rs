@@ -224,6 +224,60 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     backend().axpy(alpha, x, y);
 }
 
+/// `out[i·n + j] = dot(x_i, w_j)` for the `m` rows of `x` and the `n` rows of `w` (both of
+/// stride `k`), on the calling thread: the small products of attention. Each value has the
+/// bits of [`dot`].
+///
+/// # Panics
+/// If a slice is shorter than `m`, `n` and `k` say.
+pub fn dots(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        "dots: operands shorter than m = {m}, n = {n}, k = {k}"
+    );
+    let backend = backend();
+    let mut i = 0;
+    while i < m {
+        let mr = (m - i).min(MAX_MR);
+        let nr_full = backend.nr_for(mr);
+        let mut j = 0;
+        while j < n {
+            let nr = (n - j).min(nr_full);
+            let w = WeightRef::F32(&w[j * k..(j + nr) * k]);
+            let tile = backend.tile(&x[i * k..(i + mr) * k], k, mr, w, nr);
+            for (ii, row) in tile.iter().enumerate().take(mr) {
+                out[(i + ii) * n + j..][..nr].copy_from_slice(&row[..nr]);
+            }
+            j += nr;
+        }
+        i += mr;
+    }
+}
+
+/// `y = fma(alphas[r], v_r, y)` for each row `v_r` of `v` (stride `y.len()`) in order: the
+/// bits of one [`axpy`] per row, without a call per row.
+///
+/// # Panics
+/// If `v` is shorter than `alphas.len()` rows.
+pub fn axpy_rows(alphas: &[f32], v: &[f32], y: &mut [f32]) {
+    assert!(
+        v.len() >= alphas.len() * y.len(),
+        "axpy_rows: {} rows of {} expected",
+        alphas.len(),
+        y.len()
+    );
+    match backend() {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512(isa) => isa.axpy_rows(alphas, v, y),
+        other => {
+            let k = y.len();
+            for (r, &a) in alphas.iter().enumerate() {
+                other.axpy(a, &v[r * k..(r + 1) * k], y);
+            }
+        }
+    }
+}
+
 /// The largest tile the micro-kernels produce: `MAX_MR` rows of `x` × `MAX_NR` rows of `w`.
 const MAX_MR: usize = 4;
 const MAX_NR: usize = 8;

@@ -267,6 +267,36 @@ fn axpy_is_a_fused_multiply_add_at_every_position() {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// The attention helpers have the bits of one `dot` / `axpy` call per element.
+    #[test]
+    fn dots_and_axpy_rows_equal_dot_and_axpy_bitwise(
+        m in 1usize..7, n in 0usize..20, k in 1usize..80, seed in 0u64..1000,
+    ) {
+        let (x, w) = (values(seed, m * k), values(seed + 1, n * k));
+        let mut out = vec![f32::NAN; m * n];
+        dots(&x, m, k, &w, n, &mut out);
+        for i in 0..m {
+            for j in 0..n {
+                let expected = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+                prop_assert_eq!(out[i * n + j].to_bits(), expected.to_bits(), "({}, {})", i, j);
+            }
+        }
+        let alphas = values(seed + 2, n);
+        let mut y = values(seed + 3, k);
+        let mut expected = y.clone();
+        axpy_rows(&alphas, &w, &mut y);
+        for (r, &a) in alphas.iter().enumerate() {
+            axpy(a, &w[r * k..(r + 1) * k], &mut expected);
+        }
+        prop_assert_eq!(
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}
+
 #[test]
 fn convert_widens_exactly() {
     let v = values(3, 77);

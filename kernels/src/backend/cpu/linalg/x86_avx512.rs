@@ -79,6 +79,12 @@ impl Avx512 {
         unsafe { axpy_kernel(alpha, x, y) }
     }
 
+    pub(super) fn axpy_rows(self, alphas: &[f32], v: &[f32], y: &mut [f32]) {
+        assert!(v.len() >= alphas.len() * y.len(), "axpy_rows: v too short");
+        // SAFETY: `self` proves AVX-512 F/BW/VL; v holds alphas.len() rows of y.len().
+        unsafe { axpy_rows_kernel(alphas, v, y) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32]) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
         unsafe { read_sum_kernel(data) }
@@ -486,6 +492,35 @@ unsafe fn axpy_kernel(alpha: f32, x: &[f32], y: &mut [f32]) {
             let yv = _mm512_maskz_loadu_ps(mask, yp.add(off));
             _mm512_mask_storeu_ps(yp.add(off), mask, _mm512_fmadd_ps(a, xv, yv));
         }
+    }
+}
+
+/// [`axpy_kernel`] once per row of `v`, with each 16-lane chunk of `y` held in a register
+/// across the rows: the same fused multiply-adds in the same order.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present; `v` holds `alphas.len()` rows of `y.len()` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn axpy_rows_kernel(alphas: &[f32], v: &[f32], y: &mut [f32]) {
+    let k = y.len();
+    let (vp, yp) = (v.as_ptr(), y.as_mut_ptr());
+    let mut off = 0;
+    while off < k {
+        let mask: __mmask16 = if k - off >= LANES {
+            0xffff
+        } else {
+            ((1u32 << (k - off)) - 1) as __mmask16
+        };
+        // SAFETY: the mask selects only elements inside y and inside each row of v.
+        unsafe {
+            let mut acc = _mm512_maskz_loadu_ps(mask, yp.add(off));
+            for (r, &a) in alphas.iter().enumerate() {
+                let x = _mm512_maskz_loadu_ps(mask, vp.add(r * k + off));
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(a), x, acc);
+            }
+            _mm512_mask_storeu_ps(yp.add(off), mask, acc);
+        }
+        off += LANES;
     }
 }
 
