@@ -1,6 +1,7 @@
 //! Criterion benches: prefill (m = 512) `matmul_t` against the `gemm` crate on the model's
-//! shapes, decode GEMV throughput in bytes/s (row-major f16 and the packed panels the CPU
-//! backend uses) next to `measure_read_bandwidth`, and the cost of handing an op to the pool.
+//! shapes, decode GEMV throughput in bytes/s (row-major f16, and the packed panels the CPU
+//! backend uses, each matrix apart or all in one arena in forward order) next to
+//! `measure_read_bandwidth`, and the cost of handing an op to the threads.
 
 use std::hint::black_box;
 
@@ -8,7 +9,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 use helixflow_benches::{pool, values};
 use helixflow_kernels::backend::cpu::linalg::{
-    Packed, WeightRef, matmul_t, matmul_t_packed, measure_read_bandwidth,
+    Arena, Packed, WeightRef, Workers, for_each_thread, matmul_t, matmul_t_packed,
+    measure_read_bandwidth,
 };
 
 /// (n, k) of one layer's linear maps: fused q/k/v, o, fused gate/up, down.
@@ -113,8 +115,15 @@ fn gemv(c: &mut Criterion) {
         })
         .collect();
     let bytes: usize = stack.iter().map(|(w, _, _)| w.len() * 2).sum();
-    // The layout the CPU backend loads f16 weights in (on CPUs with the panel kernel).
+    // The layout the CPU backend loads f16 weights in (on CPUs with the panel kernel): one
+    // arena, in forward order, so the prefetch runs on across matrix boundaries; and the same
+    // panels with each matrix in memory of its own.
+    let arena = Arena::new();
     let packed: Vec<Packed> = stack
+        .iter()
+        .filter_map(|(w, n, k)| Packed::new_in(&arena, WeightRef::F16(w), *n, *k))
+        .collect();
+    let apart: Vec<Packed> = stack
         .iter()
         .filter_map(|(w, n, k)| Packed::new(WeightRef::F16(w), *n, *k))
         .collect();
@@ -124,20 +133,21 @@ fn gemv(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Bytes(bytes as u64));
     for threads in [1, 2] {
-        let pool = pool(threads);
-        let bw = measure_read_bandwidth(&pool, 1 << 30, 5);
+        let workers = Workers::new(pool(threads));
+        let pool = workers.pool();
+        let bw = measure_read_bandwidth(pool, 1 << 30, 5);
         eprintln!(
             "measure_read_bandwidth ({threads} threads, 1 GiB, best of 5): {:.2} GB/s",
             bw / 1e9
         );
-        // Each pass runs inside the pool, as the engine's forward pass does (`Backend::run`).
+        // Each pass runs as one team pass, as the engine's forward pass does (`Backend::run`).
         group.bench_function(format!("{threads}t/f16_rows"), |b| {
             b.iter(|| {
-                pool.install(|| {
+                workers.run_pass(|| {
                     for (w, n, k) in &stack {
                         let (n, k) = (*n, *k);
                         matmul_t(
-                            &pool,
+                            pool,
                             &x[..k],
                             1,
                             k,
@@ -151,13 +161,16 @@ fn gemv(c: &mut Criterion) {
                 black_box(&out);
             })
         });
-        if packed.len() == stack.len() {
-            group.bench_function(format!("{threads}t/f16_packed"), |b| {
+        for (name, packed) in [("f16_packed", &packed), ("f16_packed_apart", &apart)] {
+            if packed.len() != stack.len() {
+                continue;
+            }
+            group.bench_function(format!("{threads}t/{name}"), |b| {
                 b.iter(|| {
-                    pool.install(|| {
-                        for w in &packed {
+                    workers.run_pass(|| {
+                        for w in packed {
                             let (n, k) = (w.rows(), w.cols());
-                            matmul_t_packed(&pool, &x[..k], 1, w, None, &mut out[..n]);
+                            matmul_t_packed(pool, &x[..k], 1, w, None, &mut out[..n]);
                         }
                     });
                     black_box(&out);
@@ -168,10 +181,12 @@ fn gemv(c: &mut Criterion) {
     group.finish();
 }
 
-/// What one parallel op costs to hand to a 2-thread pool, from outside it (a caller thread that
-/// must wake the workers) and from inside it (the engine's forward pass, see `Backend::run`).
+/// What one parallel op costs to hand to 2 threads: a rayon broadcast from outside the pool (a
+/// caller thread that must wake the workers) and from inside it, and a call inside a team pass
+/// (the engine's forward pass, see `Backend::run`).
 fn dispatch(c: &mut Criterion) {
-    let pool = pool(2);
+    let workers = Workers::new(pool(2));
+    let pool = workers.pool();
     let mut group = c.benchmark_group("dispatch");
     group.bench_function("broadcast_from_outside_the_pool", |b| {
         b.iter(|| pool.broadcast(|ctx| black_box(ctx.index())))
@@ -182,6 +197,19 @@ fn dispatch(c: &mut Criterion) {
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
                     pool.broadcast(|ctx| black_box(ctx.index()));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("team_call_inside_a_pass", |b| {
+        b.iter_custom(|iters| {
+            workers.run_pass(|| {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    for_each_thread(pool, &|index, _| {
+                        black_box(index);
+                    });
                 }
                 start.elapsed()
             })
