@@ -136,9 +136,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Copies one KV block (copy-on-write after a fork).
     fn copy_block(&self, store: &mut Self::KvStore, src: u32, dst: u32);
 
-    /// Runs a whole forward pass. The CPU backend runs it on one of its own worker threads, so
-    /// that the ~50 parallel ops of a step are handed to workers that are still awake from the
-    /// previous op, instead of each one waking them from the caller's thread.
+    /// Runs a whole forward pass. The CPU backend runs it as one team pass: its other worker
+    /// threads spin for the length of the pass, so the ~50 parallel ops of a step reach threads
+    /// that are awake instead of waking them one op at a time.
     fn run<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
         pass()
     }

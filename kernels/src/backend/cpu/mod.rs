@@ -77,14 +77,11 @@ impl CpuBackend {
                 .for_each(|(r, o)| f(r, o));
             return;
         }
-        let shared = linalg::Disjoint::new(out);
         // Enough chunks per thread to even out unequal rows, few enough to keep claims cheap.
         let grain = rows.div_ceil(8 * self.threads).max(1);
-        linalg::for_each_chunk(self.pool(), rows, grain, &|chunk| {
-            // SAFETY: chunks are disjoint, so are their rows; `out` outlives the call.
-            let out = unsafe { shared.range(chunk.start * width..chunk.end * width) };
-            for (r, o) in chunk.zip(out.chunks_exact_mut(width)) {
-                f(r, o);
+        linalg::for_each_row_chunk(self.pool(), out, width, grain, &|first, part| {
+            for (r, o) in part.chunks_exact_mut(width).enumerate() {
+                f(first + r, o);
             }
         });
     }

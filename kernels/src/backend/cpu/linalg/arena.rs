@@ -3,8 +3,9 @@
 //! Two reasons, both about decode, which streams every weight byte once per step:
 //!
 //! - **Huge pages.** With 4 KiB pages a stream takes a TLB miss every 4 KiB, and the hardware
-//!   prefetchers stop at every page boundary. On this project's CI machine huge pages raised
-//!   the bandwidth probe by ~5% and the packed decode kernel by ~12% (docs/BENCHMARKS.md).
+//!   prefetchers stop at every page boundary. On the development VM the packed decode kernel
+//!   went from 0.857 to 0.968 of the bandwidth probe with huge pages (criterion `gemv_m1`,
+//!   docs/BENCHMARKS.md).
 //!   Regions are `madvise(MADV_HUGEPAGE)`d before they are touched, so they get huge pages on
 //!   kernels whose THP mode is `madvise` (the common default) as well as `always`.
 //! - **Forward order.** A model uploads its matrices in the order the forward pass reads them,

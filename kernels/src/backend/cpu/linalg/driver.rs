@@ -80,20 +80,43 @@ pub(super) fn matmul_t(
     if m == 0 || n == 0 {
         return;
     }
+    let threads = pool.current_num_threads();
+    if threads <= 1 || m * n * k < INLINE_MACS {
+        matmul_t_here(backend, x, m, k, w, n, bias, out);
+        return;
+    }
     let shared = SharedOut {
         ptr: out.as_mut_ptr(),
         m,
         n,
     };
-    let threads = pool.current_num_threads();
-    if threads <= 1 || m * n * k < INLINE_MACS {
-        compute_rows(backend, x, m, k, w, bias, shared, 0..n);
-        return;
-    }
     super::for_each_thread(pool, &|index, count| {
         let cols = partition(n, count, index);
         compute_rows(backend, x, m, k, w, bias, shared, cols);
     });
+}
+
+/// [`matmul_t`] on the calling thread.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_t_here(
+    backend: Backend,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Weights<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let shared = SharedOut {
+        ptr: out.as_mut_ptr(),
+        m,
+        n,
+    };
+    compute_rows(backend, x, m, k, w, bias, shared, 0..n);
 }
 
 /// Computes output columns `cols` (weight rows) for all `m` rows of `x`.

@@ -52,7 +52,7 @@ use half::{bf16, f16};
 pub use arena::{Arena, Element, Slab};
 pub use bandwidth::measure_read_bandwidth;
 pub use packed::Packed;
-pub use team::{Disjoint, Workers, for_each_chunk, for_each_thread};
+pub use team::{Workers, for_each_chunk, for_each_row_chunk, for_each_thread};
 
 /// A weight matrix, row-major `[n, k]` (the HuggingFace `Linear` layout), in its stored dtype.
 #[derive(Clone, Copy, Debug)]
@@ -235,23 +235,16 @@ pub fn dots(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32])
         x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
         "dots: operands shorter than m = {m}, n = {n}, k = {k}"
     );
-    let backend = backend();
-    let mut i = 0;
-    while i < m {
-        let mr = (m - i).min(MAX_MR);
-        let nr_full = backend.nr_for(mr);
-        let mut j = 0;
-        while j < n {
-            let nr = (n - j).min(nr_full);
-            let w = WeightRef::F32(&w[j * k..(j + nr) * k]);
-            let tile = backend.tile(&x[i * k..(i + mr) * k], k, mr, w, nr);
-            for (ii, row) in tile.iter().enumerate().take(mr) {
-                out[(i + ii) * n + j..][..nr].copy_from_slice(&row[..nr]);
-            }
-            j += nr;
-        }
-        i += mr;
-    }
+    driver::matmul_t_here(
+        backend(),
+        &x[..m * k],
+        m,
+        k,
+        driver::Weights::Rows(WeightRef::F32(&w[..n * k])),
+        n,
+        None,
+        &mut out[..m * n],
+    );
 }
 
 /// `y = fma(alphas[r], v_r, y)` for each row `v_r` of `v` (stride `y.len()`) in order: the

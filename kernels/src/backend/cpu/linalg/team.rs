@@ -224,9 +224,31 @@ pub fn for_each_chunk(
     });
 }
 
+/// Calls `f(first_row, rows)` over `out` split into rows of `width` elements, handed out in
+/// chunks of `grain` rows by [`for_each_chunk`]: each row is written by exactly one call.
+pub fn for_each_row_chunk<T: Send>(
+    pool: &rayon::ThreadPool,
+    out: &mut [T],
+    width: usize,
+    grain: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let width = width.max(1);
+    let rows = out.len() / width;
+    let shared = Disjoint {
+        ptr: out.as_mut_ptr(),
+        len: rows * width,
+    };
+    for_each_chunk(pool, rows, grain, &|chunk| {
+        // SAFETY: the chunks of `for_each_chunk` are disjoint, and so are their rows; `out` is
+        // borrowed mutably until every call has returned.
+        let part = unsafe { shared.range(chunk.start * width..chunk.end * width) };
+        f(chunk.start, part);
+    });
+}
+
 /// A mutable slice that parallel jobs write in disjoint ranges.
-#[derive(Clone, Copy)]
-pub struct Disjoint<T> {
+struct Disjoint<T> {
     ptr: *mut T,
     len: usize,
 }
@@ -237,19 +259,12 @@ unsafe impl<T: Send> Send for Disjoint<T> {}
 unsafe impl<T: Send> Sync for Disjoint<T> {}
 
 impl<T> Disjoint<T> {
-    pub fn new(slice: &mut [T]) -> Disjoint<T> {
-        Disjoint {
-            ptr: slice.as_mut_ptr(),
-            len: slice.len(),
-        }
-    }
-
     /// The elements in `range`.
     ///
     /// # Safety
     /// No two live results overlap, and none outlives the slice this was made from.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn range(&self, range: Range<usize>) -> &mut [T] {
+    unsafe fn range(&self, range: Range<usize>) -> &mut [T] {
         assert!(
             range.start <= range.end && range.end <= self.len,
             "Disjoint::range {range:?} of {}",
@@ -306,6 +321,19 @@ mod tests {
         };
         check();
         w.run_pass(check);
+    }
+
+    #[test]
+    fn row_chunks_write_every_row_once() {
+        let w = workers(2);
+        let mut out = vec![0usize; 3 * 101];
+        for_each_row_chunk(w.pool(), &mut out, 3, 4, &|first, rows| {
+            for (r, row) in rows.chunks_exact_mut(3).enumerate() {
+                row.iter_mut().for_each(|v| *v += first + r + 1);
+            }
+        });
+        let expected: Vec<usize> = (0..101).flat_map(|r| [r + 1; 3]).collect();
+        assert_eq!(out, expected);
     }
 
     #[test]

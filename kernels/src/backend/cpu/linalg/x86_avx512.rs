@@ -49,7 +49,7 @@ impl Avx512 {
         out: &mut [f32],
     ) {
         match panels {
-            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out),
+            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
             WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out),
             WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out),
         }
@@ -253,6 +253,18 @@ unsafe fn panels_kernel<W: Load16, const MR: usize>(
 const PANEL_PREFETCH_L1: usize = 4096;
 const PANEL_PREFETCH_L2: usize = 32768;
 
+/// Prefetches the `bytes` (a multiple of a cache line) starting at `at` as the decode stream
+/// will read them: [`PANEL_PREFETCH_L1`] ahead into L1 and [`PANEL_PREFETCH_L2`] ahead into L2.
+/// A prefetch never faults, so running past the end of the data is harmless.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn prefetch_ahead(at: *const i8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH_L1 + line));
+        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PANEL_PREFETCH_L2 + line));
+    }
+}
+
 /// `MR` rows of `x` against one packed panel: the same accumulators, lanes and chunk order as
 /// [`kernel`] (the canonical order), reading the panel as one sequential stream.
 ///
@@ -271,12 +283,7 @@ unsafe fn panel_kernel<W: Load16, const MR: usize>(
     for c in 0..k.div_ceil(LANES) {
         let off = c * LANES;
         let p = w.wrapping_add(c * PANEL * LANES);
-        let bytes = p.cast::<i8>();
-        for line in (0..chunk_bytes).step_by(64) {
-            // A prefetch never faults, so running past the matrix end is harmless.
-            _mm_prefetch::<_MM_HINT_T0>(bytes.wrapping_add(PANEL_PREFETCH_L1 + line));
-            _mm_prefetch::<_MM_HINT_T1>(bytes.wrapping_add(PANEL_PREFETCH_L2 + line));
-        }
+        prefetch_ahead(p.cast(), chunk_bytes);
         let mut xv = [_mm512_setzero_ps(); MR];
         if off + LANES <= k {
             for (i, v) in xv.iter_mut().enumerate() {
@@ -299,13 +306,7 @@ unsafe fn panel_kernel<W: Load16, const MR: usize>(
             }
         }
     }
-    let mut out = [[0.0; PANEL]; MR];
-    for i in 0..MR {
-        for j in 0..PANEL {
-            out[i][j] = hsum(acc[i][j]);
-        }
-    }
-    out
+    hsum_tile(acc)
 }
 
 /// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
@@ -376,10 +377,17 @@ unsafe fn kernel<W: Load16, const MR: usize, const NR: usize>(
             }
         }
     }
+    hsum_tile(acc)
+}
+
+/// [`hsum`] of every accumulator of a tile.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn hsum_tile<const MR: usize, const NR: usize>(acc: [[__m512; NR]; MR]) -> [[f32; NR]; MR] {
     let mut out = [[0.0; NR]; MR];
-    for i in 0..MR {
-        for j in 0..NR {
-            out[i][j] = hsum(acc[i][j]);
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (o, &a) in o.iter_mut().zip(a) {
+            *o = hsum(a);
         }
     }
     out
@@ -533,13 +541,9 @@ unsafe fn read_sum_kernel(data: &[f32]) -> f32 {
     let p = data.as_ptr();
     let full = data.len() / STEP;
     for c in 0..full {
-        // The same prefetch distances as the decode kernel: the probe measures what a core can
-        // stream, and must not be beaten by the kernel it judges.
-        let at = p.wrapping_add(c * STEP).cast::<i8>();
-        for line in (0..STEP * 4).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH_L1 + line));
-            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PANEL_PREFETCH_L2 + line));
-        }
+        // The decode kernel's prefetch: the probe measures what a core can stream, and must
+        // not be beaten by the kernel it judges.
+        prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
         for (u, a) in acc.iter_mut().enumerate() {
             // SAFETY: c*STEP + STEP ≤ len.
             *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(p.add(c * STEP + u * LANES)) });
