@@ -45,10 +45,10 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
         // reported fraction is the median over the repetitions. The fraction against the best
         // probe of the whole run (never flattering: it compares windows minutes apart) is
         // printed beside it.
-        let probe = |engine: &Engine<CpuBackend>| {
-            let pool = engine.model().backend().pool();
-            linalg::measure_read_bandwidth(pool, args.bandwidth_mib << 20, 2)
-        };
+        let reader =
+            linalg::ReadProbe::new(engine.model().backend().pool(), args.bandwidth_mib << 20);
+        let probe =
+            |engine: &Engine<CpuBackend>| reader.measure(engine.model().backend().pool(), 2);
         let mut decoded = Vec::new();
         for &batch in &args.batch {
             let runs = decode_runs(&mut engine, batch, &args, probe)?;

@@ -394,9 +394,7 @@ impl Backend for CpuBackend {
         resize(out, rows * width);
         self.rows(out, width, gate_up.len(), &|r, o| {
             let (gate, up) = gate_up[2 * r * width..2 * (r + 1) * width].split_at(width);
-            for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
+            linalg::silu_mul(gate, up, o);
         });
     }
 

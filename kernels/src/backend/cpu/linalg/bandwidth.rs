@@ -5,41 +5,66 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::arena::Arena;
+use super::arena::{Arena, Slab};
 use super::backend;
 
 /// Measures sustained multi-threaded memory read bandwidth (bytes/s) over a buffer of `bytes`
-/// (choose it ≫ the last-level cache), best of `iters` passes.
+/// (choose it ≫ the last-level cache), best of `iters` passes. See [`ReadProbe`].
+pub fn measure_read_bandwidth(pool: &rayon::ThreadPool, bytes: usize, iters: usize) -> f64 {
+    ReadProbe::new(pool, bytes).measure(pool, iters)
+}
+
+/// A buffer for measuring memory read bandwidth again and again (a benchmark pairs each of its
+/// measurements with probes around it) without mapping and clearing a fresh one each time.
 ///
 /// The buffer lives on huge pages like the weights (see `arena`), so the probe is never beaten
-/// by the kernels it judges. It is written first (in parallel) so every page is mapped; then each of the pool's
-/// threads sums its own contiguous share with wide vector loads and several accumulators. The
-/// time of a pass includes the pool dispatch, as a `matmul_t` call's does.
-pub fn measure_read_bandwidth(pool: &rayon::ThreadPool, bytes: usize, iters: usize) -> f64 {
-    let len = (bytes / 4).max(1024);
-    let threads = pool.current_num_threads().max(1);
-    let mut buf = Arena::with_region_bytes(0).alloc::<f32>(len);
-    pool.install(|| {
-        buf.par_chunks_mut(len.div_ceil(threads))
-            .enumerate()
-            .for_each(|(c, s)| {
-                for (i, v) in s.iter_mut().enumerate() {
-                    *v = ((c + i) % 7) as f32;
-                }
-            });
-    });
-    let backend = backend();
-    let mut best = 0.0f64;
-    for _ in 0..iters.max(1) {
-        let start = Instant::now();
-        pool.broadcast(|ctx| {
-            let share = len.div_ceil(ctx.num_threads());
-            let lo = (share * ctx.index()).min(len);
-            let hi = (lo + share).min(len);
-            black_box(backend.read_sum(&buf[lo..hi]));
+/// by the kernels it judges. It is written once (in parallel) so every page is mapped; each pass
+/// then has every thread of the pool sum its own contiguous share with wide vector loads and
+/// several accumulators. The time of a pass includes the pool dispatch, as a `matmul_t` call's
+/// does.
+pub struct ReadProbe {
+    buf: Slab<f32>,
+}
+
+impl ReadProbe {
+    /// Maps and fills a buffer of `bytes` (at least 4 KiB) on the threads of `pool`.
+    pub fn new(pool: &rayon::ThreadPool, bytes: usize) -> ReadProbe {
+        let len = (bytes / 4).max(1024);
+        let threads = pool.current_num_threads().max(1);
+        let mut buf = Arena::with_region_bytes(0).alloc::<f32>(len);
+        pool.install(|| {
+            buf.par_chunks_mut(len.div_ceil(threads))
+                .enumerate()
+                .for_each(|(c, s)| {
+                    for (i, v) in s.iter_mut().enumerate() {
+                        *v = ((c + i) % 7) as f32;
+                    }
+                });
         });
-        let seconds = start.elapsed().as_secs_f64();
-        best = best.max((len * 4) as f64 / seconds);
+        ReadProbe { buf }
     }
-    best
+
+    /// Bytes read per pass.
+    pub fn bytes(&self) -> usize {
+        self.buf.len() * 4
+    }
+
+    /// Read bandwidth (bytes/s) with the threads of `pool`, best of `iters` passes.
+    pub fn measure(&self, pool: &rayon::ThreadPool, iters: usize) -> f64 {
+        let (buf, len) = (&self.buf[..], self.buf.len());
+        let backend = backend();
+        let mut best = 0.0f64;
+        for _ in 0..iters.max(1) {
+            let start = Instant::now();
+            pool.broadcast(|ctx| {
+                let share = len.div_ceil(ctx.num_threads());
+                let lo = (share * ctx.index()).min(len);
+                let hi = (lo + share).min(len);
+                black_box(backend.read_sum(&buf[lo..hi]));
+            });
+            let seconds = start.elapsed().as_secs_f64();
+            best = best.max((len * 4) as f64 / seconds);
+        }
+        best
+    }
 }

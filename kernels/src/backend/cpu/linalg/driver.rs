@@ -22,8 +22,8 @@ const INLINE_MACS: usize = 1 << 18;
 /// Bytes of f32 weight rows per cache block: half of a 2 MiB L2, leaving room for `x` tiles.
 const BLOCK_BYTES: usize = 1 << 20;
 
-/// Thread ranges and cache blocks are multiples of this many rows (a multiple of every
-/// micro-kernel's `nr` in use, so tails only occur at the very end of `n`).
+/// Cache blocks are multiples of this many rows (a multiple of the common micro-kernel widths,
+/// so tiles narrower than `nr` are rare).
 const ROW_ALIGN: usize = 24;
 
 /// The output matrix, shared by threads that write disjoint column ranges.
@@ -34,8 +34,8 @@ struct SharedOut {
     n: usize,
 }
 
-// SAFETY: each thread writes only the columns of its own range (`partition` gives disjoint
-// ranges), and the `&mut [f32]` the pointer came from outlives every use (`for_each_thread` joins
+// SAFETY: each thread writes only the columns of the ranges it claimed (`for_each_share` hands
+// out disjoint ones), and the `&mut [f32]` the pointer came from outlives every use (`for_each_thread` joins
 // before `matmul_t` returns).
 unsafe impl Send for SharedOut {}
 // SAFETY: see `Send`.
@@ -50,13 +50,6 @@ impl SharedOut {
         // SAFETY: in bounds by the caller's contract; the buffer holds m*n elements.
         unsafe { *self.ptr.add(row * self.n + col) = value };
     }
-}
-
-/// The `index`-th of `parts` contiguous, `ROW_ALIGN`-aligned ranges covering `0..n`.
-fn partition(n: usize, parts: usize, index: usize) -> Range<usize> {
-    let units = n.div_ceil(ROW_ALIGN);
-    let bound = |t: usize| ((units * t / parts) * ROW_ALIGN).min(n);
-    bound(index)..bound(index + 1)
 }
 
 /// Rows of `w` per cache block for reduction length `k`.
@@ -90,10 +83,30 @@ pub(super) fn matmul_t(
         m,
         n,
     };
-    super::for_each_thread(pool, &|index, count| {
-        let cols = partition(n, count, index);
+    let unit = unit_rows(m, k, w);
+    super::for_each_share(pool, n.div_ceil(unit), &|units| {
+        let cols = units.start * unit..(units.end * unit).min(n);
         compute_rows(backend, x, m, k, w, bias, shared, cols);
     });
+}
+
+/// Weight bytes per unit of work when decoding (`m ≤ MAX_MR`): small enough that the threads
+/// finish a product within a few µs of each other, large enough that claiming units costs
+/// nothing measurable (threads claim many at a time; see `for_each_share`).
+const DECODE_UNIT_BYTES: usize = 16 << 10;
+
+/// Weight rows per unit of work handed to the threads: for decode about [`DECODE_UNIT_BYTES`]
+/// (whole panels), for more rows of `x` one cache block.
+fn unit_rows(m: usize, k: usize, w: Weights<'_>) -> usize {
+    if m > MAX_MR {
+        return block_rows(k);
+    }
+    let element = match w {
+        Weights::Rows(w) => w.element_size(),
+        Weights::Packed(_) => 2,
+    };
+    let rows = DECODE_UNIT_BYTES / (element * k.max(1));
+    rows.div_ceil(PANEL).max(1) * PANEL
 }
 
 /// [`matmul_t`] on the calling thread.
@@ -222,11 +235,37 @@ fn compute_blocks(
         Weights::Rows(w) => m > MAX_MR && !matches!(w, WeightRef::F32(_)),
         Weights::Packed(_) => true,
     };
-    let mut panel = if pack {
-        vec![0.0f32; nb.min(cols.len()) * k]
+    if pack {
+        PANEL_SCRATCH.with_borrow_mut(|panel| {
+            panel.resize(nb.min(cols.len()) * k, 0.0);
+            apply_blocks(backend, x, m, k, w, bias, out, cols, nb, pack, panel);
+        });
     } else {
-        Vec::new()
-    };
+        apply_blocks(backend, x, m, k, w, bias, out, cols, nb, pack, &mut []);
+    }
+}
+
+thread_local! {
+    /// The f32 panel [`compute_blocks`] widens weights into, kept per thread across calls: a
+    /// fresh megabyte per call would be a fresh mapping, faulted in page by page.
+    static PANEL_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The body of [`compute_blocks`], with `panel` (≥ one block of f32 rows) when `pack`.
+#[allow(clippy::too_many_arguments)]
+fn apply_blocks(
+    backend: Backend,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Weights<'_>,
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    cols: Range<usize>,
+    nb: usize,
+    pack: bool,
+    panel: &mut [f32],
+) {
     let mut jb = cols.start;
     while jb < cols.end {
         let je = (jb + nb).min(cols.end);

@@ -50,9 +50,9 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 
 pub use arena::{Arena, Element, Slab};
-pub use bandwidth::measure_read_bandwidth;
+pub use bandwidth::{ReadProbe, measure_read_bandwidth};
 pub use packed::Packed;
-pub use team::{Workers, for_each_chunk, for_each_row_chunk, for_each_thread};
+pub use team::{Workers, for_each_chunk, for_each_row_chunk, for_each_share, for_each_thread};
 
 /// A weight matrix, row-major `[n, k]` (the HuggingFace `Linear` layout), in its stored dtype.
 #[derive(Clone, Copy, Debug)]
@@ -268,6 +268,30 @@ pub fn axpy_rows(alphas: &[f32], v: &[f32], y: &mut [f32]) {
                 other.axpy(a, &v[r * k..(r + 1) * k], y);
             }
         }
+    }
+}
+
+/// `out[l] = silu(gate[l]) · up[l]` with `silu(g) = g / (1 + e^-g)`: the gated activation of
+/// the MLP. `e^x` is a fixed polynomial (about one ulp; inputs below -86 clamped, which changes
+/// no result of `silu`) that every instruction set evaluates with the same operations,
+/// so the bits do not depend on the ISA, on the element's position or on the batch.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(
+        gate.len() == out.len() && up.len() == out.len(),
+        "silu_mul: lengths {}, {} and {} differ",
+        gate.len(),
+        up.len(),
+        out.len()
+    );
+    match backend() {
+        Backend::Scalar(isa) => isa.silu_mul(gate, up, out),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2(isa) => isa.silu_mul(gate, up, out),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512(isa) => isa.silu_mul(gate, up, out),
     }
 }
 

@@ -39,6 +39,55 @@ pub(super) fn dot_lanes<const L: usize>(x: &[f32], w: impl Fn(usize) -> f32) -> 
     acc[0]
 }
 
+/// Coefficients of [`exp`]: `ln 2` split in two for an exact `n · ln 2`, and the Cephes `expf`
+/// polynomial for `e^r` on `[-ln 2 / 2, ln 2 / 2]` (relative error about one ulp).
+pub(super) mod exp_coefficients {
+    /// Inputs are clamped to `[LO, HI]`: below `LO` the result is `e^LO` (≈ 4e-38, which `1 + e^x`
+    /// rounds away); `e^HI` overflows to +inf, as `e^x` does from `ln(f32::MAX)` ≈ 88.72 on.
+    /// In between `n ∈ [-124, 128]`, so `2^(n-1)` is a normal float.
+    pub const LO: f32 = -86.0;
+    pub const HI: f32 = 89.0;
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// 0.693359375 = 355/512 exactly, so `n · LN2_HI` is exact.
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Highest degree first.
+    pub const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ];
+}
+
+/// `e^x` for `x` clamped to `[LO, HI]` (see [`exp_coefficients`]), as a fixed sequence of IEEE
+/// operations (fused multiply-adds included) that the SIMD kernels repeat lane by lane, so every
+/// instruction set computes the same bits. `x = n·ln 2 + r` with `n` rounded to nearest even;
+/// `e^x = (2·e^r) · 2^(n-1)`, which is `e^r · 2^n` exactly, or +inf where that overflows.
+pub(super) fn exp(x: f32) -> f32 {
+    use exp_coefficients::*;
+    // Not `clamp`: `max` first turns a NaN into LO, as `maxps(x, LO)` does.
+    #[allow(clippy::manual_clamp)]
+    let t = x.max(LO).min(HI);
+    let n = (t * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_HI, t);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut y = P[0];
+    for p in &P[1..] {
+        y = y.mul_add(r, *p);
+    }
+    let y = y.mul_add(r * r, r) + 1.0;
+    // n - 1 + 127 ∈ [2, 254]: a normal biased exponent.
+    (2.0 * y) * f32::from_bits(((n as i32 + 126) as u32) << 23)
+}
+
+/// `silu(g) · u = g / (1 + e^-g) · u` with [`exp`]: the definition the SIMD kernels equal.
+pub(super) fn silu_mul_one(g: f32, u: f32) -> f32 {
+    g / (1.0 + exp(-g)) * u
+}
+
 /// The canonical dot product of `x` with element `row*k + l` of `w`, with `L` lanes.
 pub(super) fn dot_row<const L: usize>(x: &[f32], w: WeightRef<'_>, row: usize) -> f32 {
     let k = x.len();
@@ -72,6 +121,12 @@ impl Scalar {
     pub(super) fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
         for (y, x) in y.iter_mut().zip(x) {
             *y = alpha.mul_add(*x, *y);
+        }
+    }
+
+    pub(super) fn silu_mul(self, gate: &[f32], up: &[f32], out: &mut [f32]) {
+        for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+            *o = silu_mul_one(*g, *u);
         }
     }
 

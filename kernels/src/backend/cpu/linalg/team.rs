@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Spin iterations before a waiting thread starts yielding its core between checks (~20–60 µs):
 /// long enough to cover the gaps between a pass's parallel calls, short enough not to starve
@@ -224,6 +224,118 @@ pub fn for_each_chunk(
     });
 }
 
+/// Calls `f` on disjoint ranges covering `0..units`, from the pool's threads, keeping each
+/// thread on one forward stream while balancing the load.
+///
+/// Thread `t` owns the `t`-th contiguous share and walks it front to back, claiming a quarter of
+/// what is left at a time (one unit at the end). A thread whose share is done steals the back
+/// half of the unclaimed part of the fullest other share, and walks that forward as its own.
+/// So a memory-bound product reads each range as one sequential stream (what the prefetchers
+/// want), and a thread slowed down, by another tenant on its core say, hands its tail to the
+/// others instead of holding up the call.
+pub fn for_each_share(pool: &rayon::ThreadPool, units: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+    assert!(
+        u32::try_from(units).is_ok(),
+        "for_each_share: {units} units"
+    );
+    let threads = pool.current_num_threads().max(1);
+    let shares: Vec<Share> = (0..threads)
+        .map(|t| Share::new(units * t / threads..units * (t + 1) / threads))
+        .collect();
+    for_each_thread(pool, &|index, count| {
+        debug_assert_eq!(count, shares.len());
+        let own = &shares[index];
+        loop {
+            while let Some(range) = own.claim_front() {
+                f(range);
+            }
+            // The fullest other share; stop when every share is claimed.
+            let victim = shares
+                .iter()
+                .enumerate()
+                .filter(|&(t, _)| t != index)
+                .map(|(_, s)| (s.unclaimed(), s))
+                .max_by_key(|&(left, _)| left);
+            match victim {
+                Some((left, victim)) if left > 0 => {
+                    if let Some(stolen) = victim.steal_back_half() {
+                        own.set(stolen);
+                    }
+                }
+                _ => return,
+            }
+        }
+    });
+}
+
+/// The unclaimed units `front..back` of one thread's share, packed in one atomic (`front` in the
+/// low half), on a cache line of its own.
+#[repr(align(128))]
+struct Share(AtomicU64);
+
+impl Share {
+    fn new(range: Range<usize>) -> Share {
+        Share(AtomicU64::new(Share::pack(range)))
+    }
+
+    fn pack(range: Range<usize>) -> u64 {
+        range.start as u64 | (range.end as u64) << 32
+    }
+
+    fn unpack(v: u64) -> Range<usize> {
+        (v as u32 as usize)..((v >> 32) as usize)
+    }
+
+    fn unclaimed(&self) -> usize {
+        Share::unpack(self.0.load(Ordering::Relaxed)).len()
+    }
+
+    /// Replaces an empty share (only its owner calls this, and only when it is empty: other
+    /// threads never change an empty share, so nothing is lost).
+    fn set(&self, range: Range<usize>) {
+        self.0.store(Share::pack(range), Ordering::Relaxed);
+    }
+
+    /// Atomically takes a part of the unclaimed range: `split(range)` gives what stays and what
+    /// is taken (`None` when there is nothing to take).
+    fn take(
+        &self,
+        split: impl Fn(Range<usize>) -> Option<(Range<usize>, Range<usize>)>,
+    ) -> Option<Range<usize>> {
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            let (stays, taken) = split(Share::unpack(current))?;
+            // Relaxed: a claim only has to be exclusive; the results are published by the
+            // join at the end of `for_each_thread`.
+            match self.0.compare_exchange_weak(
+                current,
+                Share::pack(stays),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(taken),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// The owner's next range: a quarter of what is left, at least one unit.
+    fn claim_front(&self) -> Option<Range<usize>> {
+        self.take(|r| {
+            let n = (r.len() / 4).max(1);
+            (!r.is_empty()).then(|| (r.start + n..r.end, r.start..r.start + n))
+        })
+    }
+
+    /// A thief's take: the back half of what is left (all of it when one unit is).
+    fn steal_back_half(&self) -> Option<Range<usize>> {
+        self.take(|r| {
+            let mid = r.start + r.len() / 2;
+            (!r.is_empty()).then_some((r.start..mid, mid..r.end))
+        })
+    }
+}
+
 /// Calls `f(first_row, rows)` over `out` split into rows of `width` elements, handed out in
 /// chunks of `grain` rows by [`for_each_chunk`]: each row is written by exactly one call.
 pub fn for_each_row_chunk<T: Send>(
@@ -321,6 +433,62 @@ mod tests {
         };
         check();
         w.run_pass(check);
+    }
+
+    #[test]
+    fn shares_cover_the_units_once_even_when_a_thread_is_slow() {
+        for threads in [1, 2, 3] {
+            let w = workers(threads);
+            for units in [0, 1, 2, 5, 64, 1000] {
+                let check = || {
+                    let seen: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+                    let slow = std::thread::current().id();
+                    for_each_share(w.pool(), units, &|r| {
+                        if std::thread::current().id() == slow {
+                            // The leader is slow: the others must take over its share.
+                            std::thread::yield_now();
+                        }
+                        r.for_each(|i| {
+                            seen[i].fetch_add(1, Ordering::Relaxed);
+                        })
+                    });
+                    assert!(
+                        seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                        "{threads} threads, {units} units"
+                    );
+                };
+                w.run_pass(check);
+                check();
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_thread_loses_its_share_to_the_others() {
+        let w = workers(2);
+        let by_member = w.run_pass(|| {
+            let by_member = AtomicUsize::new(0);
+            let leader = std::thread::current().id();
+            let stalled = AtomicBool::new(false);
+            for_each_share(w.pool(), 100, &|r| {
+                if std::thread::current().id() != leader {
+                    by_member.fetch_add(r.len(), Ordering::Relaxed);
+                } else if !stalled.swap(true, Ordering::Relaxed) {
+                    // The leader's first claim (a quarter of its 50 units) stalls until the
+                    // member has taken all the rest: its own 50 and the leader's other 38.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    while by_member.load(Ordering::Relaxed) < 88 {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the member never stole"
+                        );
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            by_member.into_inner()
+        });
+        assert_eq!(by_member, 88);
     }
 
     #[test]

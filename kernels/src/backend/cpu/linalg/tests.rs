@@ -331,3 +331,97 @@ fn shape_mismatch_panics() {
         &mut out,
     );
 }
+
+/// Inputs for the activation tests: ordinary values, the clamp edges, huge and special values.
+fn activation_inputs() -> Vec<f32> {
+    let mut gates: Vec<f32> = values(7, 500).iter().map(|v| v * 20.0).collect();
+    gates.extend(values(8, 100).iter().map(|v| v * 200.0));
+    gates.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        87.0,
+        -87.0,
+        88.0,
+        -88.0,
+        87.5,
+        -87.5,
+        -86.0,
+        88.72,
+        -88.72,
+        88.73,
+        -88.73,
+        89.0,
+        -89.0,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ]);
+    gates
+}
+
+/// Every instruction set this CPU has computes the SiLU activation with the bits of the
+/// portable definition, at every length (vector bodies and tails).
+#[test]
+fn silu_mul_has_the_bits_of_the_definition_on_every_isa() {
+    let gates = activation_inputs();
+    let ups = values(9, gates.len());
+    let want: Vec<u32> = gates
+        .iter()
+        .zip(&ups)
+        .map(|(g, u)| scalar::silu_mul_one(*g, *u).to_bits())
+        .collect();
+    let mut isas = vec![Backend::Scalar(scalar::Scalar)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        isas.extend(x86_avx2::Avx2::detect().map(Backend::Avx2));
+        isas.extend(x86_avx512::Avx512::detect().map(Backend::Avx512));
+    }
+    for isa in isas {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 33, gates.len()] {
+            let mut out = vec![f32::NAN; len];
+            match isa {
+                Backend::Scalar(s) => s.silu_mul(&gates[..len], &ups[..len], &mut out),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2(s) => s.silu_mul(&gates[..len], &ups[..len], &mut out),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512(s) => s.silu_mul(&gates[..len], &ups[..len], &mut out),
+            }
+            let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want[..len], "{isa:?}, {len} elements");
+        }
+    }
+}
+
+/// The polynomial `exp` is within two ulp of `e^x` over the range it serves, and SiLU within a
+/// few ulp of the f64 value (zero where the exact result underflows).
+#[test]
+fn exp_and_silu_are_accurate() {
+    let mut x = -86.0f32;
+    while x <= 88.7 {
+        let exact = f64::from(x).exp();
+        let got = f64::from(scalar::exp(x));
+        assert!(
+            ((got - exact) / exact).abs() <= 2.0 * f64::from(f32::EPSILON),
+            "exp({x}) = {got}, want {exact}"
+        );
+        x += 0.0137;
+    }
+    for g in activation_inputs() {
+        if !g.is_finite() {
+            continue;
+        }
+        let g64 = f64::from(g);
+        let exact = g64 / (1.0 + (-g64).exp());
+        let got = f64::from(scalar::silu_mul_one(g, 1.0));
+        let tolerance = 4.0 * f64::from(f32::EPSILON) * exact.abs() + 1e-35;
+        assert!(
+            (got - exact).abs() <= tolerance,
+            "silu({g}) = {got}, want {exact}"
+        );
+    }
+    assert!(scalar::exp(88.72).is_finite() && scalar::exp(88.73) == f32::INFINITY);
+    assert!(scalar::silu_mul_one(f32::NAN, 1.0).is_nan());
+}

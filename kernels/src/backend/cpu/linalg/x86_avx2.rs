@@ -47,6 +47,15 @@ impl Avx2 {
         unsafe { axpy_kernel(alpha, x, y) }
     }
 
+    pub(super) fn silu_mul(self, gate: &[f32], up: &[f32], out: &mut [f32]) {
+        assert!(
+            gate.len() == out.len() && up.len() == out.len(),
+            "silu_mul: lengths differ"
+        );
+        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are equal (checked above).
+        unsafe { silu_mul_kernel(gate, up, out) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32]) -> f32 {
         // SAFETY: `self` proves AVX2/FMA/F16C.
         unsafe { read_sum_kernel(data) }
@@ -272,6 +281,57 @@ unsafe fn axpy_kernel(alpha: f32, x: &[f32], y: &mut [f32]) {
     // Fused like the vector lanes, so every position rounds the same way.
     for l in full * LANES..x.len() {
         y[l] = alpha.mul_add(x[l], y[l]);
+    }
+}
+
+/// `scalar::exp` on 8 lanes: the same operations, so the same bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    use super::scalar::exp_coefficients::*;
+    let t = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LO)), _mm256_set1_ps(HI));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        t,
+        _mm256_set1_ps(LOG2E),
+    ));
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), t);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+    let mut y = _mm256_set1_ps(P[0]);
+    for p in &P[1..] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(*p));
+    }
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(126));
+    let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased));
+    _mm256_mul_ps(_mm256_mul_ps(y, _mm256_set1_ps(2.0)), scale)
+}
+
+/// `scalar::silu_mul_one` on every element: whole vectors here, the tail by the definition.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; the three slices have one length.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn silu_mul_kernel(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let full = out.len() / LANES;
+    let (gp, upp, op) = (gate.as_ptr(), up.as_ptr(), out.as_mut_ptr());
+    let one = _mm256_set1_ps(1.0);
+    for c in 0..full {
+        let off = c * LANES;
+        // SAFETY: off + 8 ≤ len for the three slices.
+        unsafe {
+            let g = _mm256_loadu_ps(gp.add(off));
+            let u = _mm256_loadu_ps(upp.add(off));
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let v = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u);
+            _mm256_storeu_ps(op.add(off), v);
+        }
+    }
+    let tail = full * LANES;
+    for ((o, g), u) in out[tail..].iter_mut().zip(&gate[tail..]).zip(&up[tail..]) {
+        *o = super::scalar::silu_mul_one(*g, *u);
     }
 }
 

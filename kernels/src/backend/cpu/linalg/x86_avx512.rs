@@ -85,6 +85,15 @@ impl Avx512 {
         unsafe { axpy_rows_kernel(alphas, v, y) }
     }
 
+    pub(super) fn silu_mul(self, gate: &[f32], up: &[f32], out: &mut [f32]) {
+        assert!(
+            gate.len() == out.len() && up.len() == out.len(),
+            "silu_mul: lengths differ"
+        );
+        // SAFETY: `self` proves AVX-512 F/BW/VL; the lengths are equal (checked above).
+        unsafe { silu_mul_kernel(gate, up, out) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32]) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
         unsafe { read_sum_kernel(data) }
@@ -527,6 +536,58 @@ unsafe fn axpy_rows_kernel(alphas: &[f32], v: &[f32], y: &mut [f32]) {
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(a), x, acc);
             }
             _mm512_mask_storeu_ps(yp.add(off), mask, acc);
+        }
+        off += LANES;
+    }
+}
+
+/// `scalar::exp` on 16 lanes: the same operations, so the same bits.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn exp16(x: __m512) -> __m512 {
+    use super::scalar::exp_coefficients::*;
+    let t = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(LO)), _mm512_set1_ps(HI));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(t, _mm512_set1_ps(LOG2E)),
+    );
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), t);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
+    let mut y = _mm512_set1_ps(P[0]);
+    for p in &P[1..] {
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(*p));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    let biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(126));
+    let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased));
+    _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(2.0)), scale)
+}
+
+/// `scalar::silu_mul_one` on every element; the tail through masked loads and stores.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present; the three slices have one length.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn silu_mul_kernel(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let len = out.len();
+    let (gp, up, op) = (gate.as_ptr(), up.as_ptr(), out.as_mut_ptr());
+    let one = _mm512_set1_ps(1.0);
+    let mut off = 0;
+    while off < len {
+        let mask: __mmask16 = if len - off >= LANES {
+            0xffff
+        } else {
+            ((1u32 << (len - off)) - 1) as __mmask16
+        };
+        // SAFETY: the mask selects only elements inside the three slices.
+        unsafe {
+            let g = _mm512_maskz_loadu_ps(mask, gp.add(off));
+            let u = _mm512_maskz_loadu_ps(mask, up.add(off));
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
+            _mm512_mask_storeu_ps(op.add(off), mask, v);
         }
         off += LANES;
     }
