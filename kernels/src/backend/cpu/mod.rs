@@ -238,7 +238,7 @@ impl Backend for CpuBackend {
         resize(out, x.len());
         self.rows(out, width, x.len(), &|r, o| {
             let x = &x[r * width..(r + 1) * width];
-            let mean_square = x.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let mean_square = linalg::dot(x, x) / width as f32;
             let inv = 1.0 / (mean_square + eps).sqrt();
             for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
                 *o = w * (x * inv);
@@ -369,11 +369,7 @@ impl Backend for CpuBackend {
                 }
                 for head in scores.chunks_exact_mut(span) {
                     let max = head.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut sum = 0.0f32;
-                    for s in head.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
+                    let sum = linalg::exp_sum(head, max);
                     for s in head.iter_mut() {
                         *s /= sum;
                     }

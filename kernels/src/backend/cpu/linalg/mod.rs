@@ -295,6 +295,18 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `v[l] = exp(v[l] - max)` for every `l` (the exponential of [`silu_mul`]), returning their
+/// sum in the canonical order of the module docs: the body of a softmax.
+pub fn exp_sum(v: &mut [f32], max: f32) -> f32 {
+    match backend() {
+        Backend::Scalar(isa) => isa.exp_sum(v, max),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2(isa) => isa.exp_sum(v, max),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512(isa) => isa.exp_sum(v, max),
+    }
+}
+
 /// The largest tile the micro-kernels produce: `MAX_MR` rows of `x` × `MAX_NR` rows of `w`.
 const MAX_MR: usize = 4;
 const MAX_NR: usize = 8;

@@ -29,14 +29,7 @@ pub(super) fn dot_lanes<const L: usize>(x: &[f32], w: impl Fn(usize) -> f32) -> 
             *a = xv.mul_add(wv, *a);
         }
     }
-    let mut width = L / 2;
-    while width >= 1 {
-        for t in 0..width {
-            acc[t] += acc[t + width];
-        }
-        width /= 2;
-    }
-    acc[0]
+    halving_sum(acc)
 }
 
 /// Coefficients of [`exp`]: `ln 2` split in two for an exact `n · ln 2`, and the Cephes `expf`
@@ -88,6 +81,32 @@ pub(super) fn silu_mul_one(g: f32, u: f32) -> f32 {
     g / (1.0 + exp(-g)) * u
 }
 
+/// `v[l] = exp(v[l] - max)` for every `l`, returning `Σ v[l]` in the canonical order with `L`
+/// lanes (lane `t` adds the elements `c·L + t` in order, then the halving tree): the
+/// definition the SIMD kernels equal.
+pub(super) fn exp_sum_lanes<const L: usize>(v: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0.0f32; L];
+    for chunk in v.chunks_mut(L) {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *x = exp(*x - max);
+            *a += *x;
+        }
+    }
+    halving_sum(acc)
+}
+
+/// The canonical halving tree: `acc[t] += acc[t + L/2]`, then `L/4`, …, `1`.
+pub(super) fn halving_sum<const L: usize>(mut acc: [f32; L]) -> f32 {
+    let mut width = L / 2;
+    while width >= 1 {
+        for t in 0..width {
+            acc[t] += acc[t + width];
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
 /// The canonical dot product of `x` with element `row*k + l` of `w`, with `L` lanes.
 pub(super) fn dot_row<const L: usize>(x: &[f32], w: WeightRef<'_>, row: usize) -> f32 {
     let k = x.len();
@@ -128,6 +147,10 @@ impl Scalar {
         for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
             *o = silu_mul_one(*g, *u);
         }
+    }
+
+    pub(super) fn exp_sum(self, v: &mut [f32], max: f32) -> f32 {
+        exp_sum_lanes::<LANES>(v, max)
     }
 
     pub(super) fn read_sum(self, data: &[f32]) -> f32 {

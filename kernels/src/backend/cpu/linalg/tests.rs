@@ -425,3 +425,39 @@ fn exp_and_silu_are_accurate() {
     assert!(scalar::exp(88.72).is_finite() && scalar::exp(88.73) == f32::INFINITY);
     assert!(scalar::silu_mul_one(f32::NAN, 1.0).is_nan());
 }
+
+/// `exp_sum` writes `exp(v - max)` and returns their canonical sum, with the bits of the
+/// portable definition (for the ISA's lane count) on every instruction set this CPU has.
+#[test]
+fn exp_sum_has_the_bits_of_the_definition_on_every_isa() {
+    let scores: Vec<f32> = values(11, 300).iter().map(|v| v * 30.0).collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut isas = vec![Backend::Scalar(scalar::Scalar)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        isas.extend(x86_avx2::Avx2::detect().map(Backend::Avx2));
+        isas.extend(x86_avx512::Avx512::detect().map(Backend::Avx512));
+    }
+    for isa in isas {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 33, scores.len()] {
+            let mut want = scores[..len].to_vec();
+            let want_sum = match isa {
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512(_) => scalar::exp_sum_lanes::<16>(&mut want, max),
+                _ => scalar::exp_sum_lanes::<8>(&mut want, max),
+            };
+            let mut got = scores[..len].to_vec();
+            let sum = match isa {
+                Backend::Scalar(s) => s.exp_sum(&mut got, max),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2(s) => s.exp_sum(&mut got, max),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512(s) => s.exp_sum(&mut got, max),
+            };
+            assert_eq!(sum.to_bits(), want_sum.to_bits(), "{isa:?}, {len} elements");
+            for (l, (g, s)) in got.iter().zip(&scores).enumerate() {
+                assert_eq!(g.to_bits(), scalar::exp(s - max).to_bits(), "{isa:?} [{l}]");
+            }
+        }
+    }
+}

@@ -56,6 +56,11 @@ impl Avx2 {
         unsafe { silu_mul_kernel(gate, up, out) }
     }
 
+    pub(super) fn exp_sum(self, v: &mut [f32], max: f32) -> f32 {
+        // SAFETY: `self` proves AVX2/FMA/F16C.
+        unsafe { exp_sum_kernel(v, max) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32]) -> f32 {
         // SAFETY: `self` proves AVX2/FMA/F16C.
         unsafe { read_sum_kernel(data) }
@@ -333,6 +338,34 @@ unsafe fn silu_mul_kernel(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, g), u) in out[tail..].iter_mut().zip(&gate[tail..]).zip(&up[tail..]) {
         *o = super::scalar::silu_mul_one(*g, *u);
     }
+}
+
+/// `scalar::exp_sum_lanes::<8>`: whole vectors here, the tail by the definition.
+///
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
+    let full = v.len() / LANES;
+    let p = v.as_mut_ptr();
+    let maxv = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    for c in 0..full {
+        // SAFETY: c*8 + 8 ≤ len.
+        unsafe {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(c * LANES)), maxv));
+            _mm256_storeu_ps(p.add(c * LANES), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for (a, x) in lanes.iter_mut().zip(&mut v[full * LANES..]) {
+        *x = super::scalar::exp(*x - max);
+        *a += *x;
+    }
+    super::scalar::halving_sum(lanes)
 }
 
 /// # Safety

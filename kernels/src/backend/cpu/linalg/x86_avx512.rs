@@ -94,6 +94,11 @@ impl Avx512 {
         unsafe { silu_mul_kernel(gate, up, out) }
     }
 
+    pub(super) fn exp_sum(self, v: &mut [f32], max: f32) -> f32 {
+        // SAFETY: `self` proves AVX-512 F/BW/VL.
+        unsafe { exp_sum_kernel(v, max) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32]) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
         unsafe { read_sum_kernel(data) }
@@ -591,6 +596,33 @@ unsafe fn silu_mul_kernel(gate: &[f32], up: &[f32], out: &mut [f32]) {
         }
         off += LANES;
     }
+}
+
+/// `scalar::exp_sum_lanes::<16>`: the tail's masked-off lanes leave their sums alone.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
+    let (len, p) = (v.len(), v.as_mut_ptr());
+    let max = _mm512_set1_ps(max);
+    let mut acc = _mm512_setzero_ps();
+    let mut off = 0;
+    while off < len {
+        let mask: __mmask16 = if len - off >= LANES {
+            0xffff
+        } else {
+            ((1u32 << (len - off)) - 1) as __mmask16
+        };
+        // SAFETY: the mask selects only elements inside `v`.
+        unsafe {
+            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p.add(off)), max));
+            _mm512_mask_storeu_ps(p.add(off), mask, e);
+            acc = _mm512_mask_add_ps(acc, mask, acc, e);
+        }
+        off += LANES;
+    }
+    hsum(acc)
 }
 
 /// # Safety
