@@ -362,6 +362,17 @@ fn activation_inputs() -> Vec<f32> {
     gates
 }
 
+/// The portable code and every SIMD instruction set this CPU has.
+fn every_isa() -> Vec<Backend> {
+    let mut isas = vec![Backend::Scalar(scalar::Scalar)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        isas.extend(x86_avx2::Avx2::detect().map(Backend::Avx2));
+        isas.extend(x86_avx512::Avx512::detect().map(Backend::Avx512));
+    }
+    isas
+}
+
 /// Every instruction set this CPU has computes the SiLU activation with the bits of the
 /// portable definition, at every length (vector bodies and tails).
 #[test]
@@ -373,13 +384,7 @@ fn silu_mul_has_the_bits_of_the_definition_on_every_isa() {
         .zip(&ups)
         .map(|(g, u)| scalar::silu_mul_one(*g, *u).to_bits())
         .collect();
-    let mut isas = vec![Backend::Scalar(scalar::Scalar)];
-    #[cfg(target_arch = "x86_64")]
-    {
-        isas.extend(x86_avx2::Avx2::detect().map(Backend::Avx2));
-        isas.extend(x86_avx512::Avx512::detect().map(Backend::Avx512));
-    }
-    for isa in isas {
+    for isa in every_isa() {
         for len in [0, 1, 7, 8, 9, 15, 16, 17, 33, gates.len()] {
             let mut out = vec![f32::NAN; len];
             match isa {
@@ -432,13 +437,7 @@ fn exp_and_silu_are_accurate() {
 fn exp_sum_has_the_bits_of_the_definition_on_every_isa() {
     let scores: Vec<f32> = values(11, 300).iter().map(|v| v * 30.0).collect();
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut isas = vec![Backend::Scalar(scalar::Scalar)];
-    #[cfg(target_arch = "x86_64")]
-    {
-        isas.extend(x86_avx2::Avx2::detect().map(Backend::Avx2));
-        isas.extend(x86_avx512::Avx512::detect().map(Backend::Avx512));
-    }
-    for isa in isas {
+    for isa in every_isa() {
         for len in [0, 1, 7, 8, 9, 15, 16, 17, 33, scores.len()] {
             let mut want = scores[..len].to_vec();
             let want_sum = match isa {

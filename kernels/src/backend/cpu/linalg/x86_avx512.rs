@@ -305,7 +305,7 @@ unsafe fn panel_kernel<W: Load16, const MR: usize>(
                 *v = unsafe { _mm512_loadu_ps(x.add(i * k + off)) };
             }
         } else {
-            let mask: __mmask16 = ((1u32 << (k - off)) - 1) as __mmask16;
+            let mask = lanes_mask(k - off);
             for (i, v) in xv.iter_mut().enumerate() {
                 // SAFETY: the mask selects only the elements left in row i.
                 *v = unsafe { _mm512_maskz_loadu_ps(mask, x.add(i * k + off)) };
@@ -377,7 +377,7 @@ unsafe fn kernel<W: Load16, const MR: usize, const NR: usize>(
     let rem = k % LANES;
     if rem != 0 {
         let off = full * LANES;
-        let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+        let mask = lanes_mask(rem);
         let mut xv = [_mm512_setzero_ps(); MR];
         for (i, v) in xv.iter_mut().enumerate() {
             // SAFETY: the mask selects only the rem elements left in row i.
@@ -438,7 +438,7 @@ unsafe fn convert_kernel<W: Load16>(s: *const W, d: *mut f32, full: usize, rem: 
         unsafe { _mm512_storeu_ps(d.add(c * LANES), W::load(s.add(c * LANES))) };
     }
     if rem != 0 {
-        let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+        let mask = lanes_mask(rem);
         let off = full * LANES;
         // SAFETY: the mask selects only the rem elements left in both buffers.
         unsafe { _mm512_mask_storeu_ps(d.add(off), mask, W::load_masked(s.add(off), mask)) };
@@ -474,7 +474,7 @@ unsafe fn unpack_kernel<W: Load16>(s: *const W, d: *mut f32, k: usize, rows: usi
             }
         }
         if rem != 0 {
-            let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+            let mask = lanes_mask(rem);
             // SAFETY: the mask selects only the rem elements left in row r of d; the panel holds
             // the whole (padded) chunk.
             unsafe {
@@ -482,6 +482,16 @@ unsafe fn unpack_kernel<W: Load16>(s: *const W, d: *mut f32, k: usize, rows: usi
                 _mm512_mask_storeu_ps(out.add(full * LANES), mask, v);
             }
         }
+    }
+}
+
+/// The mask of the first `min(left, 16)` lanes: a whole vector, or the tail of a slice.
+#[inline]
+fn lanes_mask(left: usize) -> __mmask16 {
+    if left >= LANES {
+        0xffff
+    } else {
+        ((1u32 << left) - 1) as __mmask16
     }
 }
 
@@ -507,7 +517,7 @@ unsafe fn axpy_kernel(alpha: f32, x: &[f32], y: &mut [f32]) {
     let rem = x.len() % LANES;
     if rem != 0 {
         let off = full * LANES;
-        let mask: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
+        let mask = lanes_mask(rem);
         // SAFETY: the mask selects only the rem elements left in both slices.
         unsafe {
             let xv = _mm512_maskz_loadu_ps(mask, xp.add(off));
@@ -528,11 +538,7 @@ unsafe fn axpy_rows_kernel(alphas: &[f32], v: &[f32], y: &mut [f32]) {
     let (vp, yp) = (v.as_ptr(), y.as_mut_ptr());
     let mut off = 0;
     while off < k {
-        let mask: __mmask16 = if k - off >= LANES {
-            0xffff
-        } else {
-            ((1u32 << (k - off)) - 1) as __mmask16
-        };
+        let mask = lanes_mask(k - off);
         // SAFETY: the mask selects only elements inside y and inside each row of v.
         unsafe {
             let mut acc = _mm512_maskz_loadu_ps(mask, yp.add(off));
@@ -581,11 +587,7 @@ unsafe fn silu_mul_kernel(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let one = _mm512_set1_ps(1.0);
     let mut off = 0;
     while off < len {
-        let mask: __mmask16 = if len - off >= LANES {
-            0xffff
-        } else {
-            ((1u32 << (len - off)) - 1) as __mmask16
-        };
+        let mask = lanes_mask(len - off);
         // SAFETY: the mask selects only elements inside the three slices.
         unsafe {
             let g = _mm512_maskz_loadu_ps(mask, gp.add(off));
@@ -609,11 +611,7 @@ unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let mut off = 0;
     while off < len {
-        let mask: __mmask16 = if len - off >= LANES {
-            0xffff
-        } else {
-            ((1u32 << (len - off)) - 1) as __mmask16
-        };
+        let mask = lanes_mask(len - off);
         // SAFETY: the mask selects only elements inside `v`.
         unsafe {
             let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p.add(off)), max));
