@@ -44,11 +44,6 @@ impl ReadProbe {
         ReadProbe { buf }
     }
 
-    /// Bytes read per pass.
-    pub fn bytes(&self) -> usize {
-        self.buf.len() * 4
-    }
-
     /// Read bandwidth (bytes/s) with the threads of `pool`, best of `iters` passes.
     pub fn measure(&self, pool: &rayon::ThreadPool, iters: usize) -> f64 {
         let (buf, len) = (&self.buf[..], self.buf.len());

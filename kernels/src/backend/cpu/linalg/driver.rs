@@ -42,6 +42,14 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    fn new(out: &mut [f32], m: usize, n: usize) -> SharedOut {
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            m,
+            n,
+        }
+    }
+
     /// # Safety
     /// `row < m`, `col < n`, and no other thread writes `(row, col)` concurrently.
     #[inline]
@@ -78,11 +86,7 @@ pub(super) fn matmul_t(
         matmul_t_here(backend, x, m, k, w, n, bias, out);
         return;
     }
-    let shared = SharedOut {
-        ptr: out.as_mut_ptr(),
-        m,
-        n,
-    };
+    let shared = SharedOut::new(out, m, n);
     let unit = unit_rows(m, k, w);
     super::for_each_share(pool, n.div_ceil(unit), &|units| {
         let cols = units.start * unit..(units.end * unit).min(n);
@@ -124,11 +128,7 @@ pub(super) fn matmul_t_here(
     if m == 0 || n == 0 {
         return;
     }
-    let shared = SharedOut {
-        ptr: out.as_mut_ptr(),
-        m,
-        n,
-    };
+    let shared = SharedOut::new(out, m, n);
     compute_rows(backend, x, m, k, w, bias, shared, 0..n);
 }
 
@@ -235,79 +235,59 @@ fn compute_blocks(
         Weights::Rows(w) => m > MAX_MR && !matches!(w, WeightRef::F32(_)),
         Weights::Packed(_) => true,
     };
-    if pack {
-        PANEL_SCRATCH.with_borrow_mut(|panel| {
+    PANEL_SCRATCH.with_borrow_mut(|panel| {
+        if pack {
             panel.resize(nb.min(cols.len()) * k, 0.0);
-            apply_blocks(backend, x, m, k, w, bias, out, cols, nb, pack, panel);
-        });
-    } else {
-        apply_blocks(backend, x, m, k, w, bias, out, cols, nb, pack, &mut []);
-    }
+        }
+        let mut jb = cols.start;
+        while jb < cols.end {
+            let je = (jb + nb).min(cols.end);
+            let rows = je - jb;
+            let block = match w {
+                Weights::Rows(w) if !pack => w.slice(jb * k..je * k),
+                Weights::Rows(w) => {
+                    let panel = &mut panel[..rows * k];
+                    backend.convert(w.slice(jb * k..je * k), panel);
+                    WeightRef::F32(panel)
+                }
+                Weights::Packed(w) => {
+                    let panel = &mut panel[..rows * k];
+                    unpack_rows(w, jb..je, panel);
+                    WeightRef::F32(panel)
+                }
+            };
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(MAX_MR);
+                let nr_full = backend.nr_for(mr);
+                let xs = &x[i * k..(i + mr) * k];
+                let mut j = 0;
+                while j < rows {
+                    let nr = if rows - j >= nr_full {
+                        nr_full
+                    } else {
+                        rows - j
+                    };
+                    let tile = backend.tile(xs, k, mr, block.slice(j * k..(j + nr) * k), nr);
+                    for (ii, tile_row) in tile.iter().enumerate().take(mr) {
+                        for (jj, &v) in tile_row.iter().enumerate().take(nr) {
+                            let col = jb + j + jj;
+                            // SAFETY: i + ii < m and col < n; col lies in this call's `cols`, which
+                            // no other thread writes.
+                            unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
+                        }
+                    }
+                    j += nr;
+                }
+                i += mr;
+            }
+            jb = je;
+        }
+    });
 }
 
 thread_local! {
     /// The f32 panel [`compute_blocks`] widens weights into, kept per thread across calls: a
     /// fresh megabyte per call would be a fresh mapping, faulted in page by page.
     static PANEL_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The body of [`compute_blocks`], with `panel` (≥ one block of f32 rows) when `pack`.
-#[allow(clippy::too_many_arguments)]
-fn apply_blocks(
-    backend: Backend,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: Weights<'_>,
-    bias: Option<&[f32]>,
-    out: SharedOut,
-    cols: Range<usize>,
-    nb: usize,
-    pack: bool,
-    panel: &mut [f32],
-) {
-    let mut jb = cols.start;
-    while jb < cols.end {
-        let je = (jb + nb).min(cols.end);
-        let rows = je - jb;
-        let block = match w {
-            Weights::Rows(w) if !pack => w.slice(jb * k..je * k),
-            Weights::Rows(w) => {
-                let panel = &mut panel[..rows * k];
-                backend.convert(w.slice(jb * k..je * k), panel);
-                WeightRef::F32(panel)
-            }
-            Weights::Packed(w) => {
-                let panel = &mut panel[..rows * k];
-                unpack_rows(w, jb..je, panel);
-                WeightRef::F32(panel)
-            }
-        };
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(MAX_MR);
-            let nr_full = backend.nr_for(mr);
-            let xs = &x[i * k..(i + mr) * k];
-            let mut j = 0;
-            while j < rows {
-                let nr = if rows - j >= nr_full {
-                    nr_full
-                } else {
-                    rows - j
-                };
-                let tile = backend.tile(xs, k, mr, block.slice(j * k..(j + nr) * k), nr);
-                for (ii, tile_row) in tile.iter().enumerate().take(mr) {
-                    for (jj, &v) in tile_row.iter().enumerate().take(nr) {
-                        let col = jb + j + jj;
-                        // SAFETY: i + ii < m and col < n; col lies in this call's `cols`, which
-                        // no other thread writes.
-                        unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
-                    }
-                }
-                j += nr;
-            }
-            i += mr;
-        }
-        jb = je;
-    }
 }
