@@ -138,8 +138,8 @@ impl CpuMatrix {
 pub struct CpuKvStore {
     kv_width: usize,
     block_size: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: linalg::ZeroedPages<f32>,
+    v: linalg::ZeroedPages<f32>,
 }
 
 impl CpuKvStore {
@@ -219,8 +219,8 @@ impl Backend for CpuBackend {
         CpuKvStore {
             kv_width,
             block_size,
-            k: vec![0.0; len],
-            v: vec![0.0; len],
+            k: linalg::ZeroedPages::new(len),
+            v: linalg::ZeroedPages::new(len),
         }
     }
 

@@ -199,6 +199,127 @@ impl<T: Element + std::fmt::Debug> std::fmt::Debug for Slab<T> {
     }
 }
 
+/// `len` zeros on transparent huge pages, committed by the kernel as they are first written.
+///
+/// For memory sized to a budget and filled as it is used: the KV store reserves the whole
+/// budget when the engine starts, but a machine serving short sequences touches a small part
+/// of it. Huge pages matter there for the same reason as for weights: on 4 KiB pages each
+/// block of one KV head (a few KiB) sits on a page of its own, so attention and the KV write
+/// take a TLB miss per block, and on a virtual machine a miss walks two page tables.
+pub struct ZeroedPages<T: Element> {
+    ptr: NonNull<T>,
+    len: usize,
+    /// Bytes mapped at `ptr` (a whole number of huge pages, at least one).
+    mapped: usize,
+}
+
+// SAFETY: the buffer owns its elements exclusively; `T` is a plain number.
+unsafe impl<T: Element> Send for ZeroedPages<T> {}
+// SAFETY: see `Send`.
+unsafe impl<T: Element> Sync for ZeroedPages<T> {}
+
+impl<T: Element> ZeroedPages<T> {
+    /// Reserves `len` zeros (address space only until written).
+    pub fn new(len: usize) -> ZeroedPages<T> {
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .expect("buffer size overflows usize");
+        let mapped = bytes.div_ceil(HUGE_PAGE).max(1) * HUGE_PAGE;
+        let ptr = map_zeroed(mapped).cast::<T>();
+        ZeroedPages { ptr, len, mapped }
+    }
+}
+
+impl<T: Element> Drop for ZeroedPages<T> {
+    fn drop(&mut self) {
+        unmap(self.ptr.cast(), self.mapped);
+    }
+}
+
+impl<T: Element> Deref for ZeroedPages<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` points at `mapped ≥ len · size_of::<T>()` bytes of zero-filled (then
+        // written) memory, live until drop; zero bits are `0` for every `Element`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Element> DerefMut for ZeroedPages<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Element> std::fmt::Debug for ZeroedPages<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeroedPages")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// Maps `size` bytes (a multiple of [`HUGE_PAGE`]) of fresh anonymous memory, aligned to a huge
+/// page and advised onto huge pages. Anonymous mappings read as zeros and are committed on
+/// first write.
+#[cfg(unix)]
+fn map_zeroed(size: usize) -> NonNull<u8> {
+    let fail = || handle_alloc_error(Layout::from_size_align(size, HUGE_PAGE).expect("layout"));
+    // Over-map by one huge page, then unmap the unaligned head and the tail.
+    let span = size.checked_add(HUGE_PAGE).unwrap_or_else(fail);
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        fail();
+    }
+    let head = (raw as usize).next_multiple_of(HUGE_PAGE) - raw as usize;
+    let tail = span - head - size;
+    // SAFETY: both ranges lie inside the mapping just made and outside the part kept.
+    unsafe {
+        let raw = raw.cast::<u8>();
+        if head > 0 {
+            libc::munmap(raw.cast(), head);
+        }
+        if tail > 0 {
+            libc::munmap(raw.add(head + size).cast(), tail);
+        }
+        let ptr = NonNull::new_unchecked(raw.add(head));
+        advise_huge_pages(ptr, size);
+        ptr
+    }
+}
+
+#[cfg(unix)]
+fn unmap(ptr: NonNull<u8>, size: usize) {
+    // SAFETY: `ptr..ptr + size` is a mapping made by `map_zeroed`, unmapped once.
+    unsafe { libc::munmap(ptr.as_ptr().cast(), size) };
+}
+
+#[cfg(not(unix))]
+fn map_zeroed(size: usize) -> NonNull<u8> {
+    let layout = Layout::from_size_align(size, HUGE_PAGE).expect("layout");
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    NonNull::new(ptr).unwrap_or_else(|| handle_alloc_error(layout))
+}
+
+#[cfg(not(unix))]
+fn unmap(ptr: NonNull<u8>, size: usize) {
+    let layout = Layout::from_size_align(size, HUGE_PAGE).expect("layout");
+    // SAFETY: allocated by `map_zeroed` with this layout, freed once.
+    unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +338,19 @@ mod tests {
         assert_eq!(big.as_ptr() as usize % HUGE_PAGE, 0);
         drop(arena);
         assert_eq!((a[99], big.len()), (1.5, 1 << 21));
+    }
+
+    #[test]
+    fn zeroed_pages_are_zero_aligned_and_writable() {
+        for len in [0, 1, 1000, (3 << 20) / 4 + 7] {
+            let mut buf = ZeroedPages::<f32>::new(len);
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % HUGE_PAGE, 0);
+            assert!(buf.iter().all(|&v| v == 0.0));
+            if let Some(last) = buf.last_mut() {
+                *last = 2.5;
+            }
+            assert!(len == 0 || buf[len - 1] == 2.5);
+        }
     }
 }

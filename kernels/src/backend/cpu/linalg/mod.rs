@@ -49,7 +49,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-pub use arena::{Arena, Element, Slab};
+pub use arena::{Arena, Element, Slab, ZeroedPages};
 pub use bandwidth::{ReadProbe, measure_read_bandwidth};
 pub use packed::Packed;
 pub use team::{Workers, for_each_chunk, for_each_row_chunk, for_each_share, for_each_thread};
