@@ -3,8 +3,9 @@
 //! `mr × nr` tiles. It never splits `k`, so the per-element reduction order stays canonical.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
-use super::packed::{PANEL, Packed, unpack_rows};
+use super::packed::{PANEL, Packed, padded_k, unpack_rows};
 use super::{Backend, MAX_MR, MAX_PANEL_MR, WeightRef};
 
 /// The weights of one product.
@@ -19,8 +20,48 @@ pub(super) enum Weights<'a> {
 /// Products with fewer multiply-adds than this run inline: dispatching to the pool costs more.
 const INLINE_MACS: usize = 1 << 18;
 
-/// Bytes of f32 weight rows per cache block: half of a 2 MiB L2, leaving room for `x` tiles.
-const BLOCK_BYTES: usize = 1 << 20;
+/// Bytes of f32 weight rows per cache block: half of the core's L2, leaving room for the `x`
+/// tiles streaming past it. Every `x` tile re-reads the whole block, so a block that spills out
+/// of L2 is read from L3 once per tile: on a Zen 3 core (512 KiB of L2) 1 MiB blocks ran the
+/// prefill GEMM at 0.4 of the core's FMA rate (docs/BENCHMARKS.md).
+fn block_bytes() -> usize {
+    static BYTES: OnceLock<usize> = OnceLock::new();
+    *BYTES.get_or_init(|| l2_bytes().unwrap_or(DEFAULT_L2) / 2)
+}
+
+/// The L2 assumed where the machine does not say (a common size of server cores).
+const DEFAULT_L2: usize = 2 << 20;
+
+/// The first CPU's unified L2 per core, as Linux reports it.
+fn l2_bytes() -> Option<usize> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    (0..8).find_map(|index| {
+        let read = |name: &str| std::fs::read_to_string(dir.join(format!("index{index}/{name}")));
+        let level = read("level").ok()?;
+        let kind = read("type").ok()?;
+        if level.trim() != "2" || kind.trim() == "Instruction" {
+            return None;
+        }
+        parse_cache_size(&read("size").ok()?)
+    })
+}
+
+/// `"512K"`, `"2048K"`, `"2M"` or a plain byte count, as in sysfs' `cache/index*/size`.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let value: usize = digits.parse().ok()?;
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        _ => return None,
+    };
+    (value > 0).then(|| value * scale)
+}
 
 /// Cache blocks are multiples of this many rows (a multiple of the common micro-kernel widths,
 /// so tiles narrower than `nr` are rare).
@@ -62,7 +103,7 @@ impl SharedOut {
 
 /// Rows of `w` per cache block for reduction length `k`.
 fn block_rows(k: usize) -> usize {
-    let rows = BLOCK_BYTES / (4 * k.max(1));
+    let rows = block_bytes() / (4 * k.max(1));
     (rows / ROW_ALIGN).max(1) * ROW_ALIGN
 }
 
@@ -153,8 +194,8 @@ fn compute_rows(
     }
 }
 
-/// Panels per kernel call in [`compute_panels`]: their results fit a small stack buffer, and
-/// the panels themselves (≤ 1.4 MiB at k = 2816 in f16) stay in L2 for the next rows of `x`.
+/// The most panels per kernel call in [`compute_panels`]: their results fit a small stack
+/// buffer. Fewer where that many would not stay in half the L2 for the next rows of `x`.
 const PANELS_PER_CALL: usize = 16;
 
 /// Decode with packed weights: the panels of `cols` against all `m ≤ MAX_MR` rows of `x`.
@@ -174,18 +215,20 @@ fn compute_panels(
         "thread ranges start on a panel"
     );
     let mut results = [0.0f32; MAX_PANEL_MR * PANELS_PER_CALL * PANEL];
+    let panel_mr = backend.panel_mr();
+    let per_call = (block_bytes() / (PANEL * padded_k(k) * 2)).clamp(1, PANELS_PER_CALL);
     let (first, end) = (cols.start / PANEL, cols.end.div_ceil(PANEL));
     let mut q = first;
     while q < end {
-        let count = (end - q).min(PANELS_PER_CALL);
+        let count = (end - q).min(per_call);
         let panels = w.panels(q..q + count);
         let mut i = 0;
         while i < m {
-            // Four rows go as two pairs: a 4-row panel tile does not fit in the registers.
-            let mr = if m - i == 4 {
+            // Four rows go as two pairs where three fit: a 4-row panel tile never does.
+            let mr = if m - i == 4 && panel_mr >= 2 {
                 2
             } else {
-                (m - i).min(MAX_PANEL_MR)
+                (m - i).min(panel_mr)
             };
             let width = count * PANEL;
             backend.panels(&x[i * k..(i + mr) * k], k, mr, panels, count, &mut results);
@@ -258,7 +301,7 @@ fn compute_blocks(
             };
             let mut i = 0;
             while i < m {
-                let mr = (m - i).min(MAX_MR);
+                let mr = (m - i).min(backend.tile_mr());
                 let nr_full = backend.nr_for(mr);
                 let xs = &x[i * k..(i + mr) * k];
                 let mut j = 0;
@@ -290,4 +333,36 @@ thread_local! {
     /// The f32 panel [`compute_blocks`] widens weights into, kept per thread across calls: a
     /// fresh megabyte per call would be a fresh mapping, faulted in page by page.
     static PANEL_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_cache_size("512K\n"), Some(512 << 10));
+        assert_eq!(parse_cache_size("2048K"), Some(2 << 20));
+        assert_eq!(parse_cache_size("2M"), Some(2 << 20));
+        assert_eq!(parse_cache_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("0K"), None);
+        assert_eq!(parse_cache_size("12G"), None);
+        assert_eq!(parse_cache_size("K"), None);
+    }
+
+    #[test]
+    fn blocks_are_whole_row_groups_within_half_the_l2() {
+        for k in [1, 64, 1024, 2816, 1 << 20] {
+            let rows = block_rows(k);
+            assert!(
+                rows >= ROW_ALIGN && rows.is_multiple_of(ROW_ALIGN),
+                "k = {k}: {rows}"
+            );
+            assert!(
+                rows == ROW_ALIGN || rows * 4 * k <= block_bytes(),
+                "k = {k}: {rows}"
+            );
+        }
+    }
 }

@@ -262,6 +262,8 @@ pub fn axpy_rows(alphas: &[f32], v: &[f32], y: &mut [f32]) {
     match backend() {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512(isa) => isa.axpy_rows(alphas, v, y),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2(isa) => isa.axpy_rows(alphas, v, y),
         other => {
             let k = y.len();
             for (r, &a) in alphas.iter().enumerate() {
@@ -310,8 +312,7 @@ pub fn exp_sum(v: &mut [f32], max: f32) -> f32 {
 /// The largest tile the micro-kernels produce: `MAX_MR` rows of `x` × `MAX_NR` rows of `w`.
 const MAX_MR: usize = 4;
 const MAX_NR: usize = 8;
-/// Rows of `x` the packed-panel kernel takes at once: `mr·PANEL` accumulators, `mr` x vectors
-/// and one weight vector fit in 32 vector registers up to 3.
+/// The most rows of `x` any packed-panel kernel takes at once (see [`Backend::panel_mr`]).
 const MAX_PANEL_MR: usize = 3;
 
 /// One micro-kernel result: `tile[i][j]` for the first `mr` rows and `nr` columns.
@@ -345,6 +346,17 @@ fn backend() -> Backend {
 }
 
 impl Backend {
+    /// Rows of `x` per tile when more are left: the tallest micro-kernel whose accumulators,
+    /// x vectors and weight vector all stay in the registers. With AVX2's 16, the 4×3 tile
+    /// needs 17 and spills; 3×4 fits exactly and loads 7 vectors per 12 multiply-adds.
+    fn tile_mr(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => 3,
+            _ => MAX_MR,
+        }
+    }
+
     /// The widest `nr` the `mr`-row micro-kernel keeps in registers (`1 ≤ mr ≤ MAX_MR`).
     fn nr_for(self, mr: usize) -> usize {
         match self {
@@ -376,18 +388,37 @@ impl Backend {
         }
     }
 
+    /// f32 lanes per vector: the `L` of the canonical order.
+    fn lanes(self) -> usize {
+        match self {
+            Backend::Scalar(_) => scalar::LANES,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => x86_avx2::LANES,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => x86_avx512::LANES,
+        }
+    }
+
     /// Whether this instruction set has a kernel for [`Packed`] panels.
     fn reads_panels(self) -> bool {
+        self.panel_mr() > 0
+    }
+
+    /// Rows of `x` the panel kernel takes at once (`≤ MAX_PANEL_MR`; 0 without one): as many
+    /// as keep `mr·PANEL` accumulators, `mr` x vectors and a weight vector in the registers.
+    fn panel_mr(self) -> usize {
         match self {
+            Backend::Scalar(_) => 0,
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(_) => true,
-            _ => false,
+            Backend::Avx2(_) => x86_avx2::PANEL_MR,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => x86_avx512::PANEL_MR,
         }
     }
 
     /// Dot products of `mr` rows of `x` (stride `k`) with the rows of `count` packed panels, in
     /// the canonical order, without bias, into `out` (row `i` at `i · count · PANEL`);
-    /// `1 ≤ mr ≤ MAX_PANEL_MR`. Only when [`Backend::reads_panels`].
+    /// `1 ≤ mr ≤ self.panel_mr()`.
     fn panels(
         self,
         x: &[f32],
@@ -400,6 +431,8 @@ impl Backend {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.panels(x, k, mr, panels, count, out),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.panels(x, k, mr, panels, count, out),
             _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
@@ -409,6 +442,8 @@ impl Backend {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.unpack(src, k, rows, dst),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.unpack(src, k, rows, dst),
             _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
@@ -435,14 +470,15 @@ impl Backend {
         }
     }
 
-    /// Sum of `data` with several independent vector accumulators: a streaming read.
-    fn read_sum(self, data: &[f32]) -> f32 {
+    /// Sum of `data` with several independent vector accumulators: a streaming read, with or
+    /// without the decode kernel's software prefetch.
+    fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
         match self {
-            Backend::Scalar(isa) => isa.read_sum(data),
+            Backend::Scalar(isa) => isa.read_sum(data, prefetch),
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.read_sum(data),
+            Backend::Avx2(isa) => isa.read_sum(data, prefetch),
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(isa) => isa.read_sum(data),
+            Backend::Avx512(isa) => isa.read_sum(data, prefetch),
         }
     }
 }

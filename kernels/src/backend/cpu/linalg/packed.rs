@@ -1,5 +1,5 @@
-//! f16/bf16 weights repacked for decode: panels of [`PANEL`] weight rows whose 16-element
-//! chunks are interleaved, so the decode kernel reads one sequential stream per panel instead of
+//! f16/bf16 weights repacked for decode: panels of [`PANEL`] weight rows whose chunks (one
+//! vector of the instruction set: 16 elements with AVX-512, 8 with AVX2) are interleaved, so the decode kernel reads one sequential stream per panel instead of
 //! eight rows at once.
 //!
 //! A 16-bit weight is half the bytes of an f32 one but costs the same instructions per element,
@@ -9,8 +9,9 @@
 //! bandwidth (docs/BENCHMARKS.md has the figures).
 //!
 //! Layout: `n` rows are padded with zero rows to a multiple of [`PANEL`], `k` with zeros to a
-//! multiple of [`CHUNK`] (`kp`). Element `(j, l)` lives at
-//! `(j / PANEL) · PANEL · kp + ((l / CHUNK) · PANEL + j % PANEL) · CHUNK + l % CHUNK`.
+//! multiple of the chunk `C` (`kp`). Element `(j, l)` lives at
+//! `(j / PANEL) · PANEL · kp + ((l / C) · PANEL + j % PANEL) · C + l % C`. The layout belongs to
+//! the process that packed it: `C` is the width of the vectors its CPU was found to have.
 //! The padding is never read as a result: padded rows are dropped, and padded columns meet the
 //! zeros the kernels load for `x` past `k`, which is what the row-major kernels do with their
 //! masked tails, so every output keeps the canonical order and its bits.
@@ -24,8 +25,11 @@ use super::arena::{Arena, Element, Slab};
 
 /// Weight rows per panel: the `nr` of the decode micro-kernel.
 pub const PANEL: usize = 8;
-/// Elements per interleaved chunk: one AVX-512 vector.
-pub const CHUNK: usize = 16;
+
+/// Elements per interleaved chunk: one vector of the process's instruction set (its lanes).
+fn chunk() -> usize {
+    super::backend().lanes()
+}
 
 /// Packed 16-bit weights.
 #[derive(Debug)]
@@ -109,21 +113,23 @@ impl Packed {
 
 /// `k` rounded up to whole chunks.
 pub(super) fn padded_k(k: usize) -> usize {
-    k.div_ceil(CHUNK) * CHUNK
+    k.div_ceil(chunk()) * chunk()
 }
 
 /// Position of element `(j, l)` (see the module docs).
 fn index(kp: usize, j: usize, l: usize) -> usize {
-    (j / PANEL) * PANEL * kp + ((l / CHUNK) * PANEL + j % PANEL) * CHUNK + l % CHUNK
+    let c = chunk();
+    (j / PANEL) * PANEL * kp + ((l / c) * PANEL + j % PANEL) * c + l % c
 }
 
 fn pack<T: Element>(arena: &Arena, w: &[T], n: usize, k: usize) -> Slab<T> {
     let kp = padded_k(k);
     let mut out = arena.alloc(n.div_ceil(PANEL) * PANEL * kp);
     for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
-        for (c, chunk) in row.chunks(CHUNK).enumerate() {
-            let at = index(kp, j, c * CHUNK);
-            out[at..at + chunk.len()].copy_from_slice(chunk);
+        let width = chunk();
+        for (c, part) in row.chunks(width).enumerate() {
+            let at = index(kp, j, c * width);
+            out[at..at + part.len()].copy_from_slice(part);
         }
     }
     out

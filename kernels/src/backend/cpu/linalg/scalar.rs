@@ -153,7 +153,7 @@ impl Scalar {
         exp_sum_lanes::<LANES>(v, max)
     }
 
-    pub(super) fn read_sum(self, data: &[f32]) -> f32 {
+    pub(super) fn read_sum(self, data: &[f32], _prefetch: bool) -> f32 {
         let mut acc = [0.0f32; LANES];
         let mut chunks = data.chunks_exact(LANES);
         for c in &mut chunks {

@@ -5,6 +5,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
+use super::packed::{PANEL, padded_k};
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
@@ -12,6 +13,10 @@ pub(super) const LANES: usize = 8;
 
 /// `nr` per `mr` such that the accumulators, x vectors and a weight vector fit in 16 registers.
 pub(super) const NR_FOR_MR: [usize; 4] = [8, 5, 4, 3];
+
+/// Rows of `x` the panel kernel takes at once: one row's [`PANEL`] accumulators, its x vector
+/// and a weight vector use 10 of the 16 registers; two rows would need 19.
+pub(super) const PANEL_MR: usize = 1;
 
 /// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one).
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +38,35 @@ impl Avx2 {
         }
     }
 
+    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of `count` consecutive
+    /// packed panels (see `packed`; chunks of [`LANES`]), in the canonical order: row `i` of
+    /// `x` against panel row `r` lands in `out[i * count * PANEL + r]`. `mr ≤ PANEL_MR`.
+    pub(super) fn panels(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        panels: WeightRef<'_>,
+        count: usize,
+        out: &mut [f32],
+    ) {
+        match panels {
+            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
+            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out),
+            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out),
+        }
+    }
+
+    /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
+    /// `dst` (`rows · k` elements).
+    pub(super) fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
+        match src {
+            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
+            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
+            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
+        }
+    }
+
     pub(super) fn convert(self, src: WeightRef<'_>, dst: &mut [f32]) {
         match src {
             WeightRef::F32(s) => dst.copy_from_slice(s),
@@ -45,6 +79,12 @@ impl Avx2 {
         assert_eq!(x.len(), y.len(), "axpy: lengths differ");
         // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are equal (checked above).
         unsafe { axpy_kernel(alpha, x, y) }
+    }
+
+    pub(super) fn axpy_rows(self, alphas: &[f32], v: &[f32], y: &mut [f32]) {
+        assert!(v.len() >= alphas.len() * y.len(), "axpy_rows: v too short");
+        // SAFETY: `self` proves AVX2/FMA/F16C; v holds alphas.len() rows of y.len().
+        unsafe { axpy_rows_kernel(alphas, v, y) }
     }
 
     pub(super) fn silu_mul(self, gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -61,9 +101,15 @@ impl Avx2 {
         unsafe { exp_sum_kernel(v, max) }
     }
 
-    pub(super) fn read_sum(self, data: &[f32]) -> f32 {
+    pub(super) fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
         // SAFETY: `self` proves AVX2/FMA/F16C.
-        unsafe { read_sum_kernel(data) }
+        unsafe {
+            if prefetch {
+                read_sum_kernel::<true>(data)
+            } else {
+                read_sum_kernel::<false>(data)
+            }
+        }
     }
 }
 
@@ -161,6 +207,99 @@ fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr:
         }
     }
     tile
+}
+
+fn panels_typed<W: Load8>(
+    _isa: Avx2,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    panels: &[W],
+    count: usize,
+    out: &mut [f32],
+) {
+    assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
+    assert!(
+        x.len() >= mr * k
+            && panels.len() >= count * PANEL * padded_k(k)
+            && out.len() >= mr * count * PANEL,
+        "panel operands too short"
+    );
+    let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
+    // SAFETY: `_isa` proves the features; x holds one row of k elements, `panels` count panels
+    // of PANEL rows of padded_k(k), `out` count·PANEL results (asserted above).
+    unsafe { panels_kernel(xp, wp, k, count, op) }
+}
+
+/// [`panel_kernel`] over `count` consecutive panels in one call, so the stream (and its
+/// prefetch) runs on without a call and a result copy between panels.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `k` reads, `w` for `count*PANEL*padded_k(k)` reads,
+/// `out` for `count*PANEL` writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panels_kernel<W: Load8>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    count: usize,
+    out: *mut f32,
+) {
+    let per_panel = PANEL * padded_k(k);
+    for q in 0..count {
+        // SAFETY: panel q is inside `w`, its results inside `out` (caller contract).
+        unsafe {
+            let row = panel_kernel(x, w.add(q * per_panel), k);
+            std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(q * PANEL), PANEL);
+        }
+    }
+}
+
+/// Bytes ahead of the read position that the panel kernel prefetches: far enough to cover the
+/// memory latency at full bandwidth, measured best on this machine (docs/BENCHMARKS.md).
+const PANEL_PREFETCH: usize = 1024;
+
+/// Prefetches the `bytes` (a multiple of a cache line) starting at `at` as the decode stream
+/// will read them, [`PANEL_PREFETCH`] ahead. A prefetch never faults, so running past the end of
+/// the data is harmless.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_ahead(at: *const i8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH + line));
+    }
+}
+
+/// One row of `x` against one packed panel: the same accumulators, lanes and chunk order as
+/// [`kernel`] (the canonical order), reading the panel as one sequential stream.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `k` reads, `w` for `PANEL*padded_k(k)` reads.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_kernel<W: Load8>(x: *const f32, w: *const W, k: usize) -> [f32; PANEL] {
+    let mut acc = [_mm256_setzero_ps(); PANEL];
+    let chunk_bytes = PANEL * LANES * size_of::<W>();
+    let full = k / LANES;
+    for c in 0..k.div_ceil(LANES) {
+        let p = w.wrapping_add(c * PANEL * LANES);
+        prefetch_ahead(p.cast(), chunk_bytes);
+        // SAFETY: a whole chunk lies inside the row of x; the last partial one is copied out.
+        let xv = unsafe {
+            if c < full {
+                _mm256_loadu_ps(x.add(c * LANES))
+            } else {
+                load_partial(x.add(c * LANES), k - c * LANES)
+            }
+        };
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: chunk c of panel row j lies inside the panel (padded to whole chunks);
+            // past k it holds zeros, as the partial loads of `kernel` would.
+            let wv = unsafe { W::load(p.add(j * LANES)) };
+            *a = _mm256_fmadd_ps(xv, wv, *a);
+        }
+    }
+    acc.map(|a| hsum(a))
 }
 
 /// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
@@ -264,6 +403,41 @@ unsafe fn convert_kernel<W: Load8>(s: *const W, d: *mut f32, full: usize) {
     }
 }
 
+fn unpack_typed<W: Load8>(_isa: Avx2, src: &[W], k: usize, rows: usize, dst: &mut [f32]) {
+    let kp = padded_k(k);
+    assert!(
+        src.len() >= rows.div_ceil(PANEL) * PANEL * kp && dst.len() == rows * k,
+        "unpack: {rows} rows of {k}"
+    );
+    let (full, rem) = (k / LANES, k % LANES);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for r in 0..rows {
+        let panel = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * LANES);
+        // SAFETY: `_isa` proves the features; chunk c of row r is inside the panels (padded to
+        // whole chunks) and its first min(8, k - 8c) outputs inside row r of dst (asserted).
+        unsafe {
+            convert_kernel_strided(panel, PANEL * LANES, d.add(r * k), full);
+            if rem != 0 {
+                let mut buf = [0.0f32; LANES];
+                _mm256_storeu_ps(buf.as_mut_ptr(), W::load(panel.add(full * PANEL * LANES)));
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), d.add(r * k + full * LANES), rem);
+            }
+        }
+    }
+}
+
+/// Widens `full` chunks of 8 elements, `stride` elements apart from `s`, into consecutive f32.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; every chunk is inside the source, `d` valid for `full*8` writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn convert_kernel_strided<W: Load8>(s: *const W, stride: usize, d: *mut f32, full: usize) {
+    for c in 0..full {
+        // SAFETY: chunk c is inside both buffers (caller contract).
+        unsafe { _mm256_storeu_ps(d.add(c * LANES), W::load(s.add(c * stride))) };
+    }
+}
+
 /// # Safety
 /// AVX2/FMA/F16C present; `x.len() == y.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -286,6 +460,35 @@ unsafe fn axpy_kernel(alpha: f32, x: &[f32], y: &mut [f32]) {
     // Fused like the vector lanes, so every position rounds the same way.
     for l in full * LANES..x.len() {
         y[l] = alpha.mul_add(x[l], y[l]);
+    }
+}
+
+/// [`axpy_kernel`] once per row of `v`, with each 8-lane chunk of `y` held in a register
+/// across the rows: the same fused multiply-adds in the same order.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `v` holds `alphas.len()` rows of `y.len()` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_rows_kernel(alphas: &[f32], v: &[f32], y: &mut [f32]) {
+    let k = y.len();
+    let full = k / LANES;
+    let (vp, yp) = (v.as_ptr(), y.as_mut_ptr());
+    for c in 0..full {
+        let off = c * LANES;
+        // SAFETY: off + 8 ≤ k, inside y and inside each row of v.
+        unsafe {
+            let mut acc = _mm256_loadu_ps(yp.add(off));
+            for (r, &a) in alphas.iter().enumerate() {
+                let x = _mm256_loadu_ps(vp.add(r * k + off));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(a), x, acc);
+            }
+            _mm256_storeu_ps(yp.add(off), acc);
+        }
+    }
+    for l in full * LANES..k {
+        for (r, &a) in alphas.iter().enumerate() {
+            y[l] = a.mul_add(v[r * k + l], y[l]);
+        }
     }
 }
 
@@ -371,12 +574,16 @@ unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
 /// # Safety
 /// AVX2/FMA/F16C present.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn read_sum_kernel(data: &[f32]) -> f32 {
+unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
     const STEP: usize = 4 * LANES;
     let mut acc = [_mm256_setzero_ps(); 4];
     let p = data.as_ptr();
     let full = data.len() / STEP;
     for c in 0..full {
+        if PREFETCH {
+            // The decode kernel's prefetch (see `ReadProbe`).
+            prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
+        }
         for (u, a) in acc.iter_mut().enumerate() {
             // SAFETY: c*STEP + STEP ≤ len.
             *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(p.add(c * STEP + u * LANES)) });

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::packed::{PANEL, padded_k};
-use super::{MAX_MR, MAX_NR, MAX_PANEL_MR, Tile, WeightRef};
+use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 16;
@@ -15,6 +15,10 @@ pub(super) const LANES: usize = 16;
 /// `nr` per `mr` such that `mr·nr` accumulators, `mr` x vectors and one weight vector fit in
 /// the 32 vector registers.
 pub(super) const NR_FOR_MR: [usize; 4] = [8, 8, 7, 6];
+
+/// Rows of `x` the panel kernel takes at once: `mr·PANEL` accumulators, `mr` x vectors and a
+/// weight vector fit in the 32 registers up to 3.
+pub(super) const PANEL_MR: usize = 3;
 
 /// Proof that the CPU has AVX-512 F, BW and VL (only [`Avx512::detect`] makes one).
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +42,7 @@ impl Avx512 {
 
     /// Dot products of `mr` rows of `x` (stride `k`) with the rows of `count` consecutive
     /// packed panels (see `packed`), in the canonical order: row `i` of `x` against panel row
-    /// `r` lands in `out[i * count * PANEL + r]`. `1 ≤ mr ≤ MAX_PANEL_MR`.
+    /// `r` lands in `out[i * count * PANEL + r]`. `1 ≤ mr ≤ PANEL_MR`.
     pub(super) fn panels(
         self,
         x: &[f32],
@@ -99,9 +103,15 @@ impl Avx512 {
         unsafe { exp_sum_kernel(v, max) }
     }
 
-    pub(super) fn read_sum(self, data: &[f32]) -> f32 {
+    pub(super) fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
-        unsafe { read_sum_kernel(data) }
+        unsafe {
+            if prefetch {
+                read_sum_kernel::<true>(data)
+            } else {
+                read_sum_kernel::<false>(data)
+            }
+        }
     }
 }
 
@@ -216,7 +226,7 @@ fn panels_typed<W: Load16>(
     count: usize,
     out: &mut [f32],
 ) {
-    assert!((1..=MAX_PANEL_MR).contains(&mr), "panel tile of {mr} rows");
+    assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
     assert!(
         x.len() >= mr * k
             && panels.len() >= count * PANEL * padded_k(k)
@@ -626,15 +636,16 @@ unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
 /// # Safety
 /// AVX-512 F/BW/VL present.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn read_sum_kernel(data: &[f32]) -> f32 {
+unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
     const STEP: usize = 4 * LANES;
     let mut acc = [_mm512_setzero_ps(); 4];
     let p = data.as_ptr();
     let full = data.len() / STEP;
     for c in 0..full {
-        // The decode kernel's prefetch: the probe measures what a core can stream, and must
-        // not be beaten by the kernel it judges.
-        prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
+        if PREFETCH {
+            // The decode kernel's prefetch (see `ReadProbe`).
+            prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
+        }
         for (u, a) in acc.iter_mut().enumerate() {
             // SAFETY: c*STEP + STEP ≤ len.
             *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(p.add(c * STEP + u * LANES)) });
