@@ -3,7 +3,8 @@
 //!
 //! Decode is bandwidth-bound: every step reads every weight once, so the ceiling for one
 //! sequence is `bandwidth / weight bytes per step` tokens/s. Prefill is compute-bound and is
-//! compared with the CPU backend's own matmul on the model's largest projection at the same `m`.
+//! compared with the CPU backend's own matmul on the model's largest projection at the same `m`,
+//! and with the cores' multiply-add peak (FMA chains on registers, the hardware's limit).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
         let step_bytes = model.decode_bytes_per_step() as f64;
         let dtype = model.weight_dtype();
         let gemm = gemm_peak(&model, args.prompt_tokens, args.repeat);
+        let fma = linalg::measure_fma_peak(model.backend().pool(), 100, 5);
         let mut engine = Engine::new(model, engine_config(&args))?;
         // The machine's bandwidth drifts by several percent from minute to minute (other
         // tenants), so every decode repetition is paired with the better of the probes taken
@@ -60,7 +62,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             .flat_map(|(_, runs)| runs.iter().map(|r| r.bandwidth))
             .fold(0.0f64, f64::max);
         println!(
-            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step; matmul peak {:.1} GFLOP/s at m={} |",
+            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s |",
             best_probe / 1e9,
             decoded
                 .iter()
@@ -68,7 +70,8 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
                 .sum::<usize>(),
             step_bytes / 1e6,
             gemm / 1e9,
-            args.prompt_tokens
+            args.prompt_tokens,
+            fma / 1e9
         );
         for (batch, runs) in decoded {
             let steps = |rate: f64| rate / batch as f64;
@@ -96,15 +99,19 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
         }
         let (rate, flops) = prefill_rate(&mut engine, args.prompt_tokens, args.repeat)?;
         println!(
-            "| {threads} | prefill {} tokens | {rate:.1} | {:.3} | {:.1} GFLOP/s vs matmul peak {:.1} |",
+            "| {threads} | prefill {} tokens | {rate:.1} | {:.3} | {:.1} GFLOP/s vs matmul peak {:.1}; {:.3} of the FMA peak ({:.1}); the matmul peak is {:.3} of it |",
             args.prompt_tokens,
             flops / gemm,
             flops / 1e9,
-            gemm / 1e9
+            gemm / 1e9,
+            flops / fma,
+            fma / 1e9,
+            gemm / fma
         );
         results.push(
             json!({"threads": threads, "kind": "prefill", "prompt_tokens": args.prompt_tokens,
-            "tokens_per_s": rate, "gflops": flops / 1e9, "matmul_peak_gflops": gemm / 1e9}),
+            "tokens_per_s": rate, "gflops": flops / 1e9, "matmul_peak_gflops": gemm / 1e9,
+            "fma_peak_gflops": fma / 1e9}),
         );
     }
     if args.json {

@@ -1,4 +1,5 @@
-//! Sustained memory read bandwidth of the machine, the ceiling that decode GEMV is judged by.
+//! The machine's limits that the kernels are judged by: sustained memory read bandwidth (decode
+//! GEMV) and the cores' multiply-add throughput (prefill GEMM).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -68,4 +69,27 @@ impl ReadProbe {
         }
         best
     }
+}
+
+/// The pool's peak f32 multiply-add throughput (FLOP/s, 2 per FMA): every thread runs
+/// independent FMA chains on registers, nothing else, for about `millis` ms; best of `iters`
+/// passes. What no matrix product on these threads can beat.
+pub fn measure_fma_peak(pool: &rayon::ThreadPool, millis: u64, iters: usize) -> f64 {
+    let backend = backend();
+    // Size a pass from a short calibration run on this thread.
+    let calibrate = 1 << 16;
+    let start = Instant::now();
+    let (sum, flops_per_round) = backend.fma_chains(calibrate, black_box(1.0));
+    black_box(sum);
+    let per_round = start.elapsed().as_secs_f64() / calibrate as f64;
+    let rounds = ((millis as f64 / 1e3) / per_round.max(1e-12)).clamp(1.0, 1e12) as usize;
+    let threads = pool.current_num_threads().max(1);
+    let mut best = 0.0f64;
+    for _ in 0..iters.max(1) {
+        let start = Instant::now();
+        pool.broadcast(|ctx| black_box(backend.fma_chains(rounds, black_box(ctx.index() as f32))));
+        let seconds = start.elapsed().as_secs_f64();
+        best = best.max((threads * rounds * flops_per_round) as f64 / seconds);
+    }
+    best
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::packed::{PANEL, Packed, padded_k, unpack_rows};
-use super::{Backend, MAX_MR, MAX_PANEL_MR, WeightRef};
+use super::{Backend, MAX_PANEL_MR, WeightRef};
 
 /// The weights of one product.
 #[derive(Clone, Copy)]
@@ -135,7 +135,12 @@ pub(super) fn matmul_t(
     });
 }
 
-/// Weight bytes per unit of work when decoding (`m ≤ MAX_MR`): small enough that the threads
+/// Products with at most this many rows of `x` are decode: the weights stream once from
+/// memory (as panels where they are packed), each unit of work a few KiB of them. Taller ones
+/// work on L2-sized blocks, widened to f32 once per block when the weights are 16-bit.
+const DECODE_ROWS: usize = 4;
+
+/// Weight bytes per unit of work when decoding (`m ≤ DECODE_ROWS`): small enough that the threads
 /// finish a product within a few µs of each other, large enough that claiming units costs
 /// nothing measurable (threads claim many at a time; see `for_each_share`).
 const DECODE_UNIT_BYTES: usize = 16 << 10;
@@ -143,7 +148,7 @@ const DECODE_UNIT_BYTES: usize = 16 << 10;
 /// Weight rows per unit of work handed to the threads: for decode about [`DECODE_UNIT_BYTES`]
 /// (whole panels), for more rows of `x` one cache block.
 fn unit_rows(m: usize, k: usize, w: Weights<'_>) -> usize {
-    if m > MAX_MR {
+    if m > DECODE_ROWS {
         return block_rows(k);
     }
     let element = match w {
@@ -189,7 +194,9 @@ fn compute_rows(
         return;
     }
     match w {
-        Weights::Packed(w) if m <= MAX_MR => compute_panels(backend, x, m, k, w, bias, out, cols),
+        Weights::Packed(w) if m <= DECODE_ROWS => {
+            compute_panels(backend, x, m, k, w, bias, out, cols)
+        }
         _ => compute_blocks(backend, x, m, k, w, bias, out, cols),
     }
 }
@@ -198,7 +205,7 @@ fn compute_rows(
 /// buffer. Fewer where that many would not stay in half the L2 for the next rows of `x`.
 const PANELS_PER_CALL: usize = 16;
 
-/// Decode with packed weights: the panels of `cols` against all `m ≤ MAX_MR` rows of `x`.
+/// Decode with packed weights: the panels of `cols` against all `m ≤ DECODE_ROWS` rows of `x`.
 #[allow(clippy::too_many_arguments)]
 fn compute_panels(
     backend: Backend,
@@ -257,7 +264,7 @@ fn with_bias(v: f32, bias: Option<&[f32]>, col: usize) -> f32 {
     }
 }
 
-/// Row-major weights, or packed ones for more than [`MAX_MR`] rows of `x`: L2-sized blocks of
+/// Row-major weights, or packed ones for more than [`DECODE_ROWS`] rows of `x`: L2-sized blocks of
 /// `cols`, each applied to all `m` rows of `x`, `mr` rows at a time.
 #[allow(clippy::too_many_arguments)]
 fn compute_blocks(
@@ -275,7 +282,7 @@ fn compute_blocks(
     // registers for every tile (the conversion is exact, so the bits do not change). Packed
     // weights are always widened (and laid out as rows) here.
     let pack = match w {
-        Weights::Rows(w) => m > MAX_MR && !matches!(w, WeightRef::F32(_)),
+        Weights::Rows(w) => m > DECODE_ROWS && !matches!(w, WeightRef::F32(_)),
         Weights::Packed(_) => true,
     };
     PANEL_SCRATCH.with_borrow_mut(|panel| {

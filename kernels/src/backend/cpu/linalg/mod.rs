@@ -50,7 +50,7 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 
 pub use arena::{Arena, Element, Slab, ZeroedPages};
-pub use bandwidth::{ReadProbe, measure_read_bandwidth};
+pub use bandwidth::{ReadProbe, measure_fma_peak, measure_read_bandwidth};
 pub use packed::Packed;
 pub use team::{Workers, for_each_chunk, for_each_row_chunk, for_each_share, for_each_thread};
 
@@ -346,18 +346,19 @@ fn backend() -> Backend {
 }
 
 impl Backend {
-    /// Rows of `x` per tile when more are left: the tallest micro-kernel whose accumulators,
-    /// x vectors and weight vector all stay in the registers. With AVX2's 16, the 4×3 tile
-    /// needs 17 and spills; 3×4 fits exactly and loads 7 vectors per 12 multiply-adds.
+    /// Rows of `x` per tile when more are left: the tallest micro-kernel of the instruction
+    /// set (`≤ MAX_MR`).
     fn tile_mr(self) -> usize {
         match self {
+            Backend::Scalar(_) => scalar::NR_FOR_MR.len(),
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(_) => 3,
-            _ => MAX_MR,
+            Backend::Avx2(_) => x86_avx2::NR_FOR_MR.len(),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => x86_avx512::NR_FOR_MR.len(),
         }
     }
 
-    /// The widest `nr` the `mr`-row micro-kernel keeps in registers (`1 ≤ mr ≤ MAX_MR`).
+    /// The widest `nr` the `mr`-row micro-kernel keeps in registers (`1 ≤ mr ≤ tile_mr()`).
     fn nr_for(self, mr: usize) -> usize {
         match self {
             Backend::Scalar(_) => scalar::NR_FOR_MR[mr - 1],
@@ -467,6 +468,24 @@ impl Backend {
             Backend::Avx2(isa) => isa.axpy(alpha, x, y),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.axpy(alpha, x, y),
+        }
+    }
+
+    /// `iters` rounds of one FMA on each of several independent vector accumulators (their sum
+    /// is returned so nothing is optimised away), and the FLOPs one round does.
+    fn fma_chains(self, iters: usize, seed: f32) -> (f32, usize) {
+        match self {
+            Backend::Scalar(isa) => (isa.fma_chains(iters, seed), 2 * scalar::FMA_CHAINS),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => (
+                isa.fma_chains(iters, seed),
+                2 * x86_avx2::LANES * x86_avx2::FMA_CHAINS,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => (
+                isa.fma_chains(iters, seed),
+                2 * x86_avx512::LANES * x86_avx512::FMA_CHAINS,
+            ),
         }
     }
 

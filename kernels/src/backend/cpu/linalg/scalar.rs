@@ -6,6 +6,9 @@ use super::{MAX_NR, Tile, WeightRef};
 /// Lane width of the portable kernels (the same as AVX2, so the two agree bitwise).
 pub(super) const LANES: usize = 8;
 
+/// Independent multiply-add chains of [`Scalar::fma_chains`].
+pub(super) const FMA_CHAINS: usize = 8;
+
 /// Tile widths per `mr`; the portable code has no register limit, these just keep tiles small.
 pub(super) const NR_FOR_MR: [usize; 4] = [MAX_NR, MAX_NR, MAX_NR, MAX_NR];
 
@@ -151,6 +154,17 @@ impl Scalar {
 
     pub(super) fn exp_sum(self, v: &mut [f32], max: f32) -> f32 {
         exp_sum_lanes::<LANES>(v, max)
+    }
+
+    /// `iters` rounds of one fused multiply-add on each of [`FMA_CHAINS`] accumulators.
+    pub(super) fn fma_chains(self, iters: usize, seed: f32) -> f32 {
+        let mut acc = [seed; FMA_CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = v.mul_add(0.999_9, 1e-4);
+            }
+        }
+        acc.iter().sum()
     }
 
     pub(super) fn read_sum(self, data: &[f32], _prefetch: bool) -> f32 {

@@ -165,7 +165,7 @@ fn simd_kernels_equal_the_canonical_definition() {
         for dtype in 0..3 {
             let x = values(k as u64, MAX_MR * k);
             let w = Weights::new(dtype, &values(k as u64 + 99, MAX_NR * k));
-            for mr in 1..=MAX_MR {
+            for mr in 1..=b.tile_mr() {
                 for nr in 1..=MAX_NR {
                     let tile = b.tile(&x, k, mr, w.view(), nr);
                     for (i, tile_row) in tile.iter().enumerate().take(mr) {
@@ -313,6 +313,12 @@ fn convert_widens_exactly() {
 fn bandwidth_is_positive() {
     let bw = measure_read_bandwidth(pool(2), 1 << 20, 2);
     assert!(bw.is_finite() && bw > 1e8, "bandwidth {bw}");
+}
+
+#[test]
+fn fma_peak_is_positive() {
+    let peak = measure_fma_peak(pool(2), 5, 2);
+    assert!(peak.is_finite() && peak > 1e8, "FMA peak {peak}");
 }
 
 #[test]

@@ -11,7 +11,10 @@ use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 8;
 
-/// `nr` per `mr` such that the accumulators, x vectors and a weight vector fit in 16 registers.
+/// `nr` per `mr` (`mr ≤ 4`, the tallest tile) such that the accumulators and the vectors of
+/// the shorter side, plus one vector of the other, fit in 16 registers (see [`kernel`]). A
+/// 4×3 tile that held its 4 x vectors needed 17 and spilled: prefill ran at half the speed
+/// (docs/BENCHMARKS.md). Taller tiles (6×2) measured slower than 4×3 and 3×4.
 pub(super) const NR_FOR_MR: [usize; 4] = [8, 5, 4, 3];
 
 /// Rows of `x` the panel kernel takes at once: one row's [`PANEL`] accumulators, its x vector
@@ -101,6 +104,11 @@ impl Avx2 {
         unsafe { exp_sum_kernel(v, max) }
     }
 
+    pub(super) fn fma_chains(self, iters: usize, seed: f32) -> f32 {
+        // SAFETY: `self` proves AVX2/FMA/F16C.
+        unsafe { fma_chains_kernel(iters, seed) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
         // SAFETY: `self` proves AVX2/FMA/F16C.
         unsafe {
@@ -169,7 +177,7 @@ unsafe fn load_partial<W: Load8>(p: *const W, rem: usize) -> __m256 {
 
 fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr: usize) -> Tile {
     assert!(
-        (1..=MAX_MR).contains(&mr) && (1..=MAX_NR).contains(&nr),
+        (1..=NR_FOR_MR.len()).contains(&mr) && (1..=MAX_NR).contains(&nr),
         "tile {mr}x{nr}"
     );
     assert!(
@@ -313,7 +321,9 @@ fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
 }
 
 /// The register micro-kernel: `MR` rows of `x` against `NR` rows of `w`, one 8-lane accumulator
-/// per output, walking `k` in order (canonical order, see the module docs of `linalg`).
+/// per output, walking `k` in order (canonical order, see the module docs of `linalg`). Each
+/// chunk keeps the vectors of the shorter side in registers and streams the other side's past
+/// them, so `MR·NR + min(MR, NR) + 1` registers are live.
 ///
 /// # Safety
 /// AVX2/FMA/F16C present; `x` valid for `MR*k` reads and `w` for `NR*k` reads (row stride `k`).
@@ -330,16 +340,33 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
     let full = k / LANES;
     for c in 0..full {
         let off = c * LANES;
-        let mut xv = [_mm256_setzero_ps(); MR];
-        for (i, v) in xv.iter_mut().enumerate() {
-            // SAFETY: off + 8 ≤ k, so this reads inside row i of x.
-            *v = unsafe { _mm256_loadu_ps(x.add(i * k + off)) };
-        }
-        for j in 0..NR {
-            // SAFETY: off + 8 ≤ k, so this reads inside row j of w.
-            let wv = unsafe { W::load(w.add(j * k + off)) };
+        if MR <= NR {
+            // The x vectors stay in registers while the weight vectors stream past them.
+            let mut xv = [_mm256_setzero_ps(); MR];
+            for (i, v) in xv.iter_mut().enumerate() {
+                // SAFETY: off + 8 ≤ k, so this reads inside row i of x.
+                *v = unsafe { _mm256_loadu_ps(x.add(i * k + off)) };
+            }
+            for j in 0..NR {
+                // SAFETY: off + 8 ≤ k, so this reads inside row j of w.
+                let wv = unsafe { W::load(w.add(j * k + off)) };
+                for i in 0..MR {
+                    acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                }
+            }
+        } else {
+            // Taller than wide: the weight vectors stay, the x vectors stream.
+            let mut wv = [_mm256_setzero_ps(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                // SAFETY: off + 8 ≤ k, so this reads inside row j of w.
+                *v = unsafe { W::load(w.add(j * k + off)) };
+            }
             for i in 0..MR {
-                acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                // SAFETY: off + 8 ≤ k, so this reads inside row i of x.
+                let xv = unsafe { _mm256_loadu_ps(x.add(i * k + off)) };
+                for j in 0..NR {
+                    acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+                }
             }
         }
     }
@@ -591,4 +618,24 @@ unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     hsum(v) + data[full * STEP..].iter().sum::<f32>()
+}
+
+/// Independent multiply-add chains per vector register: enough of them (12) to cover the FMA
+/// latency on both FMA pipes, nothing but FMAs in the loop.
+pub(super) const FMA_CHAINS: usize = 12;
+
+/// `iters` rounds of one FMA on each of [`FMA_CHAINS`] accumulators (8 lanes each), summed.
+///
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
+    let mut acc = [_mm256_set1_ps(seed); FMA_CHAINS];
+    let (a, b) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-4));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    acc.iter().map(|&v| hsum(v)).sum()
 }

@@ -103,6 +103,11 @@ impl Avx512 {
         unsafe { exp_sum_kernel(v, max) }
     }
 
+    pub(super) fn fma_chains(self, iters: usize, seed: f32) -> f32 {
+        // SAFETY: `self` proves AVX-512 F/BW/VL.
+        unsafe { fma_chains_kernel(iters, seed) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
         unsafe {
@@ -177,7 +182,7 @@ impl Load16 for bf16 {
 
 fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], nr: usize) -> Tile {
     assert!(
-        (1..=MAX_MR).contains(&mr) && (1..=MAX_NR).contains(&nr),
+        (1..=NR_FOR_MR.len()).contains(&mr) && (1..=MAX_NR).contains(&nr),
         "tile {mr}x{nr}"
     );
     assert!(
@@ -653,4 +658,24 @@ unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
     }
     let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
     hsum(v) + data[full * STEP..].iter().sum::<f32>()
+}
+
+/// Independent multiply-add chains per vector register: enough of them (16) to cover the FMA
+/// latency on two FMA ports, nothing but FMAs in the loop.
+pub(super) const FMA_CHAINS: usize = 16;
+
+/// `iters` rounds of one FMA on each of [`FMA_CHAINS`] accumulators (16 lanes each), summed.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
+    let mut acc = [_mm512_set1_ps(seed); FMA_CHAINS];
+    let (a, b) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-4));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    acc.iter().map(|&v| hsum(v)).sum()
 }
