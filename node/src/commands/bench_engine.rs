@@ -52,6 +52,12 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             linalg::ReadProbe::new(engine.model().backend().pool(), args.bandwidth_mib << 20);
         let probe =
             |engine: &Engine<CpuBackend>| reader.measure(engine.model().backend().pool(), 2);
+        let patterns = reader
+            .measure_patterns(engine.model().backend().pool(), 2)
+            .into_iter()
+            .map(|(name, bandwidth)| format!("{name} {:.2}", bandwidth / 1e9))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut decoded = Vec::new();
         for &batch in &args.batch {
             let runs = decode_runs(&mut engine, batch, &args, probe)?;
@@ -62,7 +68,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             .flat_map(|(_, runs)| runs.iter().map(|r| r.bandwidth))
             .fold(0.0f64, f64::max);
         println!(
-            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s |",
+            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step; read patterns (GB/s, first probe): {patterns}; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s |",
             best_probe / 1e9,
             decoded
                 .iter()

@@ -15,6 +15,36 @@ pub fn measure_read_bandwidth(pool: &rayon::ThreadPool, bytes: usize, iters: usi
     ReadProbe::new(pool, bytes).measure(pool, iters)
 }
 
+/// How a probe pass reads its share of the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadPattern {
+    /// One sequential stream of plain loads.
+    Sequential,
+    /// One sequential stream with the decode kernel's software prefetch ahead of the loads.
+    Prefetched,
+    /// Blocks of 8 rows of this many floats, the 8 rows read side by side: 8 streams a row
+    /// apart, as a GEMV tile of 8 row-major weight rows reads them.
+    Rows(usize),
+}
+
+impl ReadPattern {
+    fn name(&self) -> String {
+        match self {
+            ReadPattern::Sequential => "sequential".into(),
+            ReadPattern::Prefetched => "prefetched".into(),
+            ReadPattern::Rows(row) => format!("8 rows of {} KiB", row * 4 / 1024),
+        }
+    }
+
+    /// Every pattern a probe tries.
+    const ALL: [ReadPattern; 4] = [
+        ReadPattern::Sequential,
+        ReadPattern::Prefetched,
+        ReadPattern::Rows(1024),
+        ReadPattern::Rows(4096),
+    ];
+}
+
 /// A buffer for measuring memory read bandwidth again and again (a benchmark pairs each of its
 /// measurements with probes around it) without mapping and clearing a fresh one each time.
 ///
@@ -22,11 +52,11 @@ pub fn measure_read_bandwidth(pool: &rayon::ThreadPool, bytes: usize, iters: usi
 /// by the kernels it judges. It is written once (in parallel) so every page is mapped; each pass
 /// then has every thread of the pool sum its own contiguous share with wide vector loads and
 /// several accumulators. The time of a pass includes the pool dispatch, as a `matmul_t` call's
-/// does. Every pass reads the buffer twice, once as plain loads and once with the decode
-/// kernel's software prefetch ahead of them, and the faster read counts: which one wins depends
-/// on the machine (the hardware prefetchers of a Sapphire Rapids core fall behind a 16-bit
-/// decode stream, a Zen 3 core's streams a plain read faster than with any software prefetch),
-/// and the ceiling must be the best the machine does, not the kernel's own way of reading.
+/// does. Every pass reads the buffer in each [`ReadPattern`] (one stream, one stream with
+/// software prefetch ahead of it, eight streams a row apart), and the fastest read counts:
+/// which one wins depends on the machine (a Zen 3 core reads eight streams ~25% faster than
+/// one, and one stream slower with software prefetch than without), and the ceiling must be the
+/// best the machine does, not the decode kernel's own way of reading.
 pub struct ReadProbe {
     buf: Slab<f32>,
 }
@@ -49,25 +79,39 @@ impl ReadProbe {
         ReadProbe { buf }
     }
 
-    /// Read bandwidth (bytes/s) with the threads of `pool`, best of `iters` passes.
+    /// Read bandwidth (bytes/s) with the threads of `pool`: the best of every pattern over
+    /// `iters` passes each.
     pub fn measure(&self, pool: &rayon::ThreadPool, iters: usize) -> f64 {
+        self.measure_patterns(pool, iters)
+            .into_iter()
+            .map(|(_, bandwidth)| bandwidth)
+            .fold(0.0, f64::max)
+    }
+
+    /// The best read bandwidth (bytes/s) of each pattern a probe tries, over `iters` passes
+    /// each (the patterns take turns within a pass), named.
+    pub fn measure_patterns(&self, pool: &rayon::ThreadPool, iters: usize) -> Vec<(String, f64)> {
         let (buf, len) = (&self.buf[..], self.buf.len());
         let backend = backend();
-        let mut best = 0.0f64;
+        let mut best = [0.0f64; ReadPattern::ALL.len()];
         for _ in 0..iters.max(1) {
-            for prefetch in [false, true] {
+            for (pattern, best) in ReadPattern::ALL.into_iter().zip(&mut best) {
                 let start = Instant::now();
                 pool.broadcast(|ctx| {
                     let share = len.div_ceil(ctx.num_threads());
                     let lo = (share * ctx.index()).min(len);
                     let hi = (lo + share).min(len);
-                    black_box(backend.read_sum(&buf[lo..hi], prefetch));
+                    black_box(backend.read(&buf[lo..hi], pattern));
                 });
                 let seconds = start.elapsed().as_secs_f64();
-                best = best.max((len * 4) as f64 / seconds);
+                *best = best.max((len * 4) as f64 / seconds);
             }
         }
-        best
+        ReadPattern::ALL
+            .iter()
+            .map(ReadPattern::name)
+            .zip(best)
+            .collect()
     }
 }
 

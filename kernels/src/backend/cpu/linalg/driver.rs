@@ -228,7 +228,6 @@ fn compute_panels(
     let mut q = first;
     while q < end {
         let count = (end - q).min(per_call);
-        let panels = w.panels(q..q + count);
         let mut i = 0;
         while i < m {
             // Four rows go as two pairs where three fit: a 4-row panel tile never does.
@@ -238,7 +237,8 @@ fn compute_panels(
                 (m - i).min(panel_mr)
             };
             let width = count * PANEL;
-            backend.panels(&x[i * k..(i + mr) * k], k, mr, panels, count, &mut results);
+            let xs = &x[i * k..(i + mr) * k];
+            backend.panels(xs, k, mr, w, q..q + count, &mut results);
             for ii in 0..mr {
                 let row = &results[ii * width..(ii + 1) * width];
                 for (c, &v) in row.iter().enumerate() {

@@ -400,51 +400,60 @@ impl Backend {
         }
     }
 
-    /// Whether this instruction set has a kernel for [`Packed`] panels.
-    fn reads_panels(self) -> bool {
-        self.panel_mr() > 0
-    }
-
-    /// Rows of `x` the panel kernel takes at once (`≤ MAX_PANEL_MR`; 0 without one): as many
-    /// as keep `mr·PANEL` accumulators, `mr` x vectors and a weight vector in the registers.
-    fn panel_mr(self) -> usize {
+    /// How this instruction set's decode kernel reads packed 16-bit weights (see `packed`);
+    /// `None` without such a kernel.
+    fn pack_layout(self) -> Option<packed::Layout> {
         match self {
-            Backend::Scalar(_) => 0,
+            Backend::Scalar(_) => None,
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(_) => x86_avx2::PANEL_MR,
+            Backend::Avx2(_) => Some(packed::Layout::Streams),
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(_) => x86_avx512::PANEL_MR,
+            Backend::Avx512(_) => Some(packed::Layout::Panels),
         }
     }
 
-    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of `count` packed panels, in
-    /// the canonical order, without bias, into `out` (row `i` at `i · count · PANEL`);
-    /// `1 ≤ mr ≤ self.panel_mr()`.
+    /// Rows of `x` the packed-weight kernel takes at once (`≤ MAX_PANEL_MR`).
+    fn panel_mr(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => x86_avx512::PANEL_MR,
+            _ => 1,
+        }
+    }
+
+    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of panels `panels` of `w`
+    /// ([`PANEL`](packed::PANEL) rows each), in the canonical order, without bias, into `out`
+    /// (row `i` at `i · panels.len() · PANEL`); `1 ≤ mr ≤ self.panel_mr()`.
     fn panels(
         self,
         x: &[f32],
         k: usize,
         mr: usize,
-        panels: WeightRef<'_>,
-        count: usize,
+        w: &Packed,
+        panels: Range<usize>,
         out: &mut [f32],
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(isa) => isa.panels(x, k, mr, panels, count, out),
+            Backend::Avx512(isa) => {
+                let count = panels.len();
+                isa.panels(x, k, mr, w.panels(panels), count, out)
+            }
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.panels(x, k, mr, panels, count, out),
-            _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
+            Backend::Avx2(isa) => {
+                assert_eq!(mr, 1, "AVX2 stream tiles take one row of x");
+                isa.streams(x, k, w.all(), w.stream_len(), panels, out)
+            }
+            _ => unreachable!("no packed-weight kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
 
-    /// Widens `rows` rows of packed panels (`src` starts at a panel) into row-major f32.
+    /// Widens `rows` rows of packed panels (`src` starts at a panel; the `Panels` layout) into
+    /// row-major f32.
     fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.unpack(src, k, rows, dst),
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.unpack(src, k, rows, dst),
             _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
@@ -489,15 +498,24 @@ impl Backend {
         }
     }
 
-    /// Sum of `data` with several independent vector accumulators: a streaming read, with or
-    /// without the decode kernel's software prefetch.
-    fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
-        match self {
-            Backend::Scalar(isa) => isa.read_sum(data, prefetch),
+    /// Sum of `data` read in `pattern` with several independent vector accumulators.
+    fn read(self, data: &[f32], pattern: bandwidth::ReadPattern) -> f32 {
+        use bandwidth::ReadPattern::*;
+        match (self, pattern) {
+            (Backend::Scalar(isa), Sequential | Prefetched) => isa.read_sum(data, false),
+            (Backend::Scalar(isa), Rows(row)) => isa.read_rows(data, row),
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.read_sum(data, prefetch),
+            (Backend::Avx2(isa), Sequential | Prefetched) => {
+                isa.read_sum(data, pattern == Prefetched)
+            }
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(isa) => isa.read_sum(data, prefetch),
+            (Backend::Avx2(isa), Rows(row)) => isa.read_rows(data, row),
+            #[cfg(target_arch = "x86_64")]
+            (Backend::Avx512(isa), Sequential | Prefetched) => {
+                isa.read_sum(data, pattern == Prefetched)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Backend::Avx512(isa), Rows(row)) => isa.read_rows(data, row),
         }
     }
 }

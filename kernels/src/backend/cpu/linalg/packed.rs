@@ -1,20 +1,26 @@
-//! f16/bf16 weights repacked for decode: panels of [`PANEL`] weight rows whose chunks (one
-//! vector of the instruction set: 16 elements with AVX-512, 8 with AVX2) are interleaved, so the decode kernel reads one sequential stream per panel instead of
-//! eight rows at once.
+//! f16/bf16 weights repacked for decode, in one of two layouts, whichever the process's decode
+//! kernel reads best (the instruction set decides; docs/BENCHMARKS.md has the figures):
 //!
-//! A 16-bit weight is half the bytes of an f32 one but costs the same instructions per element,
-//! so with a row-major matrix the core's out-of-order window covers half as many bytes of the
-//! eight row streams, and the hardware prefetchers, which track a few streams per page, fall
-//! behind. One sequential stream with software prefetch ahead of it reads at the machine's
-//! bandwidth (docs/BENCHMARKS.md has the figures).
+//! - **Panels** (AVX-512): panels of [`PANEL`] weight rows whose chunks `C` (one vector, 16
+//!   elements) are interleaved, so the decode kernel reads one sequential stream per panel,
+//!   with software prefetch ahead of it. A 16-bit weight is half the bytes of an f32 one but
+//!   costs the same instructions per element, so with a row-major matrix the core's
+//!   out-of-order window covers half as many bytes of the eight row streams, and the
+//!   hardware prefetchers of a Sapphire Rapids core fell behind. `n` is padded with zero
+//!   rows to a multiple of [`PANEL`], `k` with zeros to a multiple of `C` (`kp`); element
+//!   `(j, l)` lives at `(j / PANEL) · PANEL · kp + ((l / C) · PANEL + j % PANEL) · C + l % C`.
+//! - **Streams** (AVX2): [`PANEL`] streams, stream `r` holding rows `r, r + PANEL, r + 2·PANEL,
+//!   …` whole, one after the other; element `(j, l)` lives at
+//!   `(j % PANEL) · ⌈n / PANEL⌉ · k + (j / PANEL) · k + l`. The decode kernel's 1×8 tile reads
+//!   the eight rows of one panel side by side, and the next panel's rows continue each
+//!   stream, so a core reads eight long sequential streams. A Zen 3 core reads that pattern
+//!   ~25% faster than one stream (prefetched or not) and than eight rows that jump every
+//!   tile (row-major), which is what its hardware prefetchers like.
 //!
-//! Layout: `n` rows are padded with zero rows to a multiple of [`PANEL`], `k` with zeros to a
-//! multiple of the chunk `C` (`kp`). Element `(j, l)` lives at
-//! `(j / PANEL) · PANEL · kp + ((l / C) · PANEL + j % PANEL) · C + l % C`. The layout belongs to
-//! the process that packed it: `C` is the width of the vectors its CPU was found to have.
 //! The padding is never read as a result: padded rows are dropped, and padded columns meet the
 //! zeros the kernels load for `x` past `k`, which is what the row-major kernels do with their
-//! masked tails, so every output keeps the canonical order and its bits.
+//! masked tails, so every output keeps the canonical order and its bits. A layout belongs to
+//! the process that packed it.
 
 use std::ops::Range;
 
@@ -38,12 +44,23 @@ pub(super) enum PackedData {
     BF16(Slab<bf16>),
 }
 
-/// A weight matrix `[n, k]` in the panel layout of the module docs.
+/// Where the elements of a [`Packed`] matrix lie (the module docs have both layouts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// Panels of [`PANEL`] rows, their chunks interleaved: one stream per panel (AVX-512).
+    Panels,
+    /// [`PANEL`] streams: stream `r` holds rows `r, r + PANEL, r + 2·PANEL, …` one after the
+    /// other (AVX2).
+    Streams,
+}
+
+/// A weight matrix `[n, k]` in one of the layouts of the module docs.
 #[derive(Debug)]
 pub struct Packed {
     pub(super) data: PackedData,
     pub(super) n: usize,
     pub(super) k: usize,
+    pub(super) layout: Layout,
 }
 
 impl Packed {
@@ -57,16 +74,14 @@ impl Packed {
     /// [`Packed::new`] into the next slab of `arena` (a model packs its matrices in the order
     /// its forward pass reads them; see `arena`).
     pub fn new_in(arena: &Arena, w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
-        if !super::backend().reads_panels() {
-            return None;
-        }
+        let layout = super::backend().pack_layout()?;
         assert_eq!(w.len(), n * k, "Packed::new: w is not [n, k]");
         let data = match w {
             WeightRef::F32(_) => return None,
-            WeightRef::F16(w) => PackedData::F16(pack(arena, w, n, k)),
-            WeightRef::BF16(w) => PackedData::BF16(pack(arena, w, n, k)),
+            WeightRef::F16(w) => PackedData::F16(pack(arena, layout, w, n, k)),
+            WeightRef::BF16(w) => PackedData::BF16(pack(arena, layout, w, n, k)),
         };
-        Some(Packed { data, n, k })
+        Some(Packed { data, n, k, layout })
     }
 
     /// Rows (`n`) of the matrix, without padding.
@@ -90,9 +105,8 @@ impl Packed {
     /// Row `j`, widened to f32, into `out` (`k` elements).
     pub fn row_into(&self, j: usize, out: &mut [f32]) {
         assert!(j < self.n && out.len() == self.k, "Packed::row_into: {j}");
-        let kp = padded_k(self.k);
         for (l, o) in out.iter_mut().enumerate() {
-            let at = index(kp, j, l);
+            let at = index(self.layout, self.n, self.k, j, l);
             *o = match &self.data {
                 PackedData::F16(w) => w[at].to_f32(),
                 PackedData::BF16(w) => w[at].to_f32(),
@@ -100,8 +114,28 @@ impl Packed {
         }
     }
 
-    /// The packed elements of whole panels `panels`, in their dtype.
+    /// All the packed elements, in their dtype.
+    pub(super) fn all(&self) -> WeightRef<'_> {
+        match &self.data {
+            PackedData::F16(w) => WeightRef::F16(w),
+            PackedData::BF16(w) => WeightRef::BF16(w),
+        }
+    }
+
+    /// Elements from the start of one stream to the next (the [`Layout::Streams`] layout).
+    pub(super) fn stream_len(&self) -> usize {
+        debug_assert_eq!(self.layout, Layout::Streams);
+        self.n.div_ceil(PANEL) * self.k
+    }
+
+    /// The packed elements of whole panels `panels`, in their dtype ([`Layout::Panels`]).
     pub(super) fn panels(&self, panels: Range<usize>) -> WeightRef<'_> {
+        assert_eq!(
+            self.layout,
+            Layout::Panels,
+            "Packed::panels of {:?}",
+            self.layout
+        );
         let per = PANEL * padded_k(self.k);
         let range = panels.start * per..panels.end * per;
         match &self.data {
@@ -116,19 +150,31 @@ pub(super) fn padded_k(k: usize) -> usize {
     k.div_ceil(chunk()) * chunk()
 }
 
-/// Position of element `(j, l)` (see the module docs).
-fn index(kp: usize, j: usize, l: usize) -> usize {
-    let c = chunk();
-    (j / PANEL) * PANEL * kp + ((l / c) * PANEL + j % PANEL) * c + l % c
+/// Position of element `(j, l)` of an `[n, k]` matrix (see the module docs).
+fn index(layout: Layout, n: usize, k: usize, j: usize, l: usize) -> usize {
+    match layout {
+        Layout::Panels => {
+            let (c, kp) = (chunk(), padded_k(k));
+            (j / PANEL) * PANEL * kp + ((l / c) * PANEL + j % PANEL) * c + l % c
+        }
+        Layout::Streams => (j % PANEL) * n.div_ceil(PANEL) * k + (j / PANEL) * k + l,
+    }
 }
 
-fn pack<T: Element>(arena: &Arena, w: &[T], n: usize, k: usize) -> Slab<T> {
-    let kp = padded_k(k);
-    let mut out = arena.alloc(n.div_ceil(PANEL) * PANEL * kp);
+fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) -> Slab<T> {
+    let len = match layout {
+        Layout::Panels => n.div_ceil(PANEL) * PANEL * padded_k(k),
+        Layout::Streams => n.div_ceil(PANEL) * PANEL * k,
+    };
+    let mut out = arena.alloc(len);
+    // A run of consecutive elements of a row that stays consecutive in the layout.
+    let run = match layout {
+        Layout::Panels => chunk(),
+        Layout::Streams => k.max(1),
+    };
     for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
-        let width = chunk();
-        for (c, part) in row.chunks(width).enumerate() {
-            let at = index(kp, j, c * width);
+        for (c, part) in row.chunks(run).enumerate() {
+            let at = index(layout, n, k, j, c * run);
             out[at..at + part.len()].copy_from_slice(part);
         }
     }
@@ -143,6 +189,17 @@ pub(super) fn unpack_rows(w: &Packed, rows: Range<usize>, dst: &mut [f32]) {
         "unpack_rows: {rows:?} of {} rows",
         w.n
     );
-    let panels = w.panels(rows.start / PANEL..rows.end.div_ceil(PANEL));
-    super::backend().unpack(panels, w.k, rows.len(), dst);
+    match w.layout {
+        Layout::Panels => {
+            let panels = w.panels(rows.start / PANEL..rows.end.div_ceil(PANEL));
+            super::backend().unpack(panels, w.k, rows.len(), dst);
+        }
+        Layout::Streams => {
+            let k = w.k;
+            for (j, out) in rows.zip(dst.chunks_exact_mut(k.max(1))) {
+                let at = index(w.layout, w.n, k, j, 0);
+                super::backend().convert(w.all().slice(at..at + k), out);
+            }
+        }
+    }
 }

@@ -167,6 +167,22 @@ impl Scalar {
         acc.iter().sum()
     }
 
+    /// Blocks of 8 rows of `row` floats, the rows of a block read side by side.
+    pub(super) fn read_rows(self, data: &[f32], row: usize) -> f32 {
+        const ROWS: usize = 8;
+        let row = row.max(1);
+        let mut acc = [0.0f32; ROWS];
+        let mut blocks = data.chunks_exact(ROWS * row);
+        for block in &mut blocks {
+            for off in 0..row {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a += block[r * row + off];
+                }
+            }
+        }
+        acc.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>()
+    }
+
     pub(super) fn read_sum(self, data: &[f32], _prefetch: bool) -> f32 {
         let mut acc = [0.0f32; LANES];
         let mut chunks = data.chunks_exact(LANES);

@@ -5,7 +5,9 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::packed::{PANEL, padded_k};
+use std::ops::Range;
+
+use super::packed::PANEL;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
@@ -16,10 +18,6 @@ pub(super) const LANES: usize = 8;
 /// 4×3 tile that held its 4 x vectors needed 17 and spilled: prefill ran at half the speed
 /// (docs/BENCHMARKS.md). Taller tiles (6×2) measured slower than 4×3 and 3×4.
 pub(super) const NR_FOR_MR: [usize; 4] = [8, 5, 4, 3];
-
-/// Rows of `x` the panel kernel takes at once: one row's [`PANEL`] accumulators, its x vector
-/// and a weight vector use 10 of the 16 registers; two rows would need 19.
-pub(super) const PANEL_MR: usize = 1;
 
 /// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one).
 #[derive(Clone, Copy, Debug)]
@@ -41,32 +39,23 @@ impl Avx2 {
         }
     }
 
-    /// Dot products of `mr` rows of `x` (stride `k`) with the rows of `count` consecutive
-    /// packed panels (see `packed`; chunks of [`LANES`]), in the canonical order: row `i` of
-    /// `x` against panel row `r` lands in `out[i * count * PANEL + r]`. `mr ≤ PANEL_MR`.
-    pub(super) fn panels(
+    /// Dot products of one row of `x` (`k` elements) with the rows of panels `panels` of a
+    /// matrix packed in [`PANEL`] streams `stride` elements apart (see `packed`, the
+    /// `Streams` layout), in the canonical order: panel row `r` of panel `panels.start + q`
+    /// lands in `out[q * PANEL + r]`.
+    pub(super) fn streams(
         self,
         x: &[f32],
         k: usize,
-        mr: usize,
-        panels: WeightRef<'_>,
-        count: usize,
+        w: WeightRef<'_>,
+        stride: usize,
+        panels: Range<usize>,
         out: &mut [f32],
     ) {
-        match panels {
+        match w {
             WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
-            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out),
-            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out),
-        }
-    }
-
-    /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
-    /// `dst` (`rows · k` elements).
-    pub(super) fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
-        match src {
-            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
-            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
-            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
+            WeightRef::F16(w) => streams_typed(self, x, k, w, stride, panels, out),
+            WeightRef::BF16(w) => streams_typed(self, x, k, w, stride, panels, out),
         }
     }
 
@@ -107,6 +96,11 @@ impl Avx2 {
     pub(super) fn fma_chains(self, iters: usize, seed: f32) -> f32 {
         // SAFETY: `self` proves AVX2/FMA/F16C.
         unsafe { fma_chains_kernel(iters, seed) }
+    }
+
+    pub(super) fn read_rows(self, data: &[f32], row: usize) -> f32 {
+        // SAFETY: `self` proves AVX2/FMA/F16C.
+        unsafe { read_rows_kernel(data, row) }
     }
 
     pub(super) fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
@@ -190,10 +184,10 @@ fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr:
         // (asserted above), which is all each kernel reads.
         return unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 8>(xp, wp, k)),
-                2 => spread(&kernel::<W, 2, 5>(xp, wp, k)),
-                3 => spread(&kernel::<W, 3, 4>(xp, wp, k)),
-                _ => spread(&kernel::<W, 4, 3>(xp, wp, k)),
+                1 => spread(&kernel::<W, 1, 8>(xp, wp, k, k)),
+                2 => spread(&kernel::<W, 2, 5>(xp, wp, k, k)),
+                3 => spread(&kernel::<W, 3, 4>(xp, wp, k, k)),
+                _ => spread(&kernel::<W, 4, 3>(xp, wp, k, k)),
             }
         };
     }
@@ -204,10 +198,10 @@ fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr:
         // SAFETY: as above; row j < nr of w starts at j*k and has k elements.
         let col: Tile = unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 1>(xp, wp.add(j * k), k)),
-                2 => spread(&kernel::<W, 2, 1>(xp, wp.add(j * k), k)),
-                3 => spread(&kernel::<W, 3, 1>(xp, wp.add(j * k), k)),
-                _ => spread(&kernel::<W, 4, 1>(xp, wp.add(j * k), k)),
+                1 => spread(&kernel::<W, 1, 1>(xp, wp.add(j * k), k, k)),
+                2 => spread(&kernel::<W, 2, 1>(xp, wp.add(j * k), k, k)),
+                3 => spread(&kernel::<W, 3, 1>(xp, wp.add(j * k), k, k)),
+                _ => spread(&kernel::<W, 4, 1>(xp, wp.add(j * k), k, k)),
             }
         };
         for i in 0..mr {
@@ -217,97 +211,43 @@ fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr:
     tile
 }
 
-fn panels_typed<W: Load8>(
+fn streams_typed<W: Load8>(
     _isa: Avx2,
     x: &[f32],
     k: usize,
-    mr: usize,
-    panels: &[W],
-    count: usize,
+    w: &[W],
+    stride: usize,
+    panels: Range<usize>,
     out: &mut [f32],
 ) {
-    assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
     assert!(
-        x.len() >= mr * k
-            && panels.len() >= count * PANEL * padded_k(k)
-            && out.len() >= mr * count * PANEL,
-        "panel operands too short"
+        x.len() >= k
+            && stride >= panels.end * k
+            && w.len() >= (PANEL - 1) * stride + panels.end * k
+            && out.len() >= panels.len() * PANEL,
+        "stream operands too short"
     );
-    let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
-    // SAFETY: `_isa` proves the features; x holds one row of k elements, `panels` count panels
-    // of PANEL rows of padded_k(k), `out` count·PANEL results (asserted above).
-    unsafe { panels_kernel(xp, wp, k, count, op) }
-}
-
-/// [`panel_kernel`] over `count` consecutive panels in one call, so the stream (and its
-/// prefetch) runs on without a call and a result copy between panels.
-///
-/// # Safety
-/// AVX2/FMA/F16C present; `x` valid for `k` reads, `w` for `count*PANEL*padded_k(k)` reads,
-/// `out` for `count*PANEL` writes.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panels_kernel<W: Load8>(
-    x: *const f32,
-    w: *const W,
-    k: usize,
-    count: usize,
-    out: *mut f32,
-) {
-    let per_panel = PANEL * padded_k(k);
-    for q in 0..count {
-        // SAFETY: panel q is inside `w`, its results inside `out` (caller contract).
-        unsafe {
-            let row = panel_kernel(x, w.add(q * per_panel), k);
-            std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(q * PANEL), PANEL);
-        }
+    for (q, out) in panels.zip(out.chunks_exact_mut(PANEL)) {
+        // SAFETY: `_isa` proves the features; row r of panel q (k elements at
+        // r·stride + q·k) lies inside `w`, and x holds k elements (asserted above).
+        let tile = unsafe { kernel::<W, 1, PANEL>(x.as_ptr(), w.as_ptr().add(q * k), k, stride) };
+        out.copy_from_slice(&tile[0]);
     }
 }
 
-/// Bytes ahead of the read position that the panel kernel prefetches: far enough to cover the
-/// memory latency at full bandwidth, measured best on this machine (docs/BENCHMARKS.md).
-const PANEL_PREFETCH: usize = 1024;
+/// Bytes ahead of the read position that [`ReadPattern::Prefetched`] probes prefetch.
+///
+/// [`ReadPattern::Prefetched`]: super::bandwidth::ReadPattern::Prefetched
+const PROBE_PREFETCH: usize = 1024;
 
-/// Prefetches the `bytes` (a multiple of a cache line) starting at `at` as the decode stream
-/// will read them, [`PANEL_PREFETCH`] ahead. A prefetch never faults, so running past the end of
-/// the data is harmless.
+/// Prefetches the `bytes` (a multiple of a cache line) starting at `at`, [`PROBE_PREFETCH`]
+/// ahead. A prefetch never faults, so running past the end of the data is harmless.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn prefetch_ahead(at: *const i8, bytes: usize) {
     for line in (0..bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH + line));
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PROBE_PREFETCH + line));
     }
-}
-
-/// One row of `x` against one packed panel: the same accumulators, lanes and chunk order as
-/// [`kernel`] (the canonical order), reading the panel as one sequential stream.
-///
-/// # Safety
-/// AVX2/FMA/F16C present; `x` valid for `k` reads, `w` for `PANEL*padded_k(k)` reads.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel_kernel<W: Load8>(x: *const f32, w: *const W, k: usize) -> [f32; PANEL] {
-    let mut acc = [_mm256_setzero_ps(); PANEL];
-    let chunk_bytes = PANEL * LANES * size_of::<W>();
-    let full = k / LANES;
-    for c in 0..k.div_ceil(LANES) {
-        let p = w.wrapping_add(c * PANEL * LANES);
-        prefetch_ahead(p.cast(), chunk_bytes);
-        // SAFETY: a whole chunk lies inside the row of x; the last partial one is copied out.
-        let xv = unsafe {
-            if c < full {
-                _mm256_loadu_ps(x.add(c * LANES))
-            } else {
-                load_partial(x.add(c * LANES), k - c * LANES)
-            }
-        };
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: chunk c of panel row j lies inside the panel (padded to whole chunks);
-            // past k it holds zeros, as the partial loads of `kernel` would.
-            let wv = unsafe { W::load(p.add(j * LANES)) };
-            *a = _mm256_fmadd_ps(xv, wv, *a);
-        }
-    }
-    acc.map(|a| hsum(a))
 }
 
 /// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
@@ -326,7 +266,8 @@ fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
 /// them, so `MR·NR + min(MR, NR) + 1` registers are live.
 ///
 /// # Safety
-/// AVX2/FMA/F16C present; `x` valid for `MR*k` reads and `w` for `NR*k` reads (row stride `k`).
+/// AVX2/FMA/F16C present; `x` valid for `MR*k` reads (row stride `k`), `w` for `NR` rows of `k`
+/// reads `ws` elements apart.
 // Index loops keep the accumulator grid explicit; LLVM unrolls them into registers.
 #[allow(clippy::needless_range_loop)]
 #[inline]
@@ -335,6 +276,7 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const W,
     k: usize,
+    ws: usize,
 ) -> [[f32; NR]; MR] {
     let mut acc = [[_mm256_setzero_ps(); NR]; MR];
     let full = k / LANES;
@@ -349,7 +291,7 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
             }
             for j in 0..NR {
                 // SAFETY: off + 8 ≤ k, so this reads inside row j of w.
-                let wv = unsafe { W::load(w.add(j * k + off)) };
+                let wv = unsafe { W::load(w.add(j * ws + off)) };
                 for i in 0..MR {
                     acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
                 }
@@ -359,7 +301,7 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
             let mut wv = [_mm256_setzero_ps(); NR];
             for (j, v) in wv.iter_mut().enumerate() {
                 // SAFETY: off + 8 ≤ k, so this reads inside row j of w.
-                *v = unsafe { W::load(w.add(j * k + off)) };
+                *v = unsafe { W::load(w.add(j * ws + off)) };
             }
             for i in 0..MR {
                 // SAFETY: off + 8 ≤ k, so this reads inside row i of x.
@@ -380,7 +322,7 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
         }
         for j in 0..NR {
             // SAFETY: row j has exactly rem elements left.
-            let wv = unsafe { load_partial(w.add(j * k + off), rem) };
+            let wv = unsafe { load_partial(w.add(j * ws + off), rem) };
             for i in 0..MR {
                 acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
             }
@@ -427,41 +369,6 @@ unsafe fn convert_kernel<W: Load8>(s: *const W, d: *mut f32, full: usize) {
     for c in 0..full {
         // SAFETY: chunk c is inside both buffers (caller contract).
         unsafe { _mm256_storeu_ps(d.add(c * LANES), W::load(s.add(c * LANES))) };
-    }
-}
-
-fn unpack_typed<W: Load8>(_isa: Avx2, src: &[W], k: usize, rows: usize, dst: &mut [f32]) {
-    let kp = padded_k(k);
-    assert!(
-        src.len() >= rows.div_ceil(PANEL) * PANEL * kp && dst.len() == rows * k,
-        "unpack: {rows} rows of {k}"
-    );
-    let (full, rem) = (k / LANES, k % LANES);
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    for r in 0..rows {
-        let panel = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * LANES);
-        // SAFETY: `_isa` proves the features; chunk c of row r is inside the panels (padded to
-        // whole chunks) and its first min(8, k - 8c) outputs inside row r of dst (asserted).
-        unsafe {
-            convert_kernel_strided(panel, PANEL * LANES, d.add(r * k), full);
-            if rem != 0 {
-                let mut buf = [0.0f32; LANES];
-                _mm256_storeu_ps(buf.as_mut_ptr(), W::load(panel.add(full * PANEL * LANES)));
-                std::ptr::copy_nonoverlapping(buf.as_ptr(), d.add(r * k + full * LANES), rem);
-            }
-        }
-    }
-}
-
-/// Widens `full` chunks of 8 elements, `stride` elements apart from `s`, into consecutive f32.
-///
-/// # Safety
-/// AVX2/FMA/F16C present; every chunk is inside the source, `d` valid for `full*8` writes.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn convert_kernel_strided<W: Load8>(s: *const W, stride: usize, d: *mut f32, full: usize) {
-    for c in 0..full {
-        // SAFETY: chunk c is inside both buffers (caller contract).
-        unsafe { _mm256_storeu_ps(d.add(c * LANES), W::load(s.add(c * stride))) };
     }
 }
 
@@ -608,7 +515,7 @@ unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
     let full = data.len() / STEP;
     for c in 0..full {
         if PREFETCH {
-            // The decode kernel's prefetch (see `ReadProbe`).
+            // See `ReadPattern::Prefetched`.
             prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
         }
         for (u, a) in acc.iter_mut().enumerate() {
@@ -638,4 +545,29 @@ unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
         }
     }
     acc.iter().map(|&v| hsum(v)).sum()
+}
+
+/// Blocks of 8 rows of `row` floats, the rows of a block read side by side (8 streams a row
+/// apart, like the 1×8 GEMV tile).
+///
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn read_rows_kernel(data: &[f32], row: usize) -> f32 {
+    const ROWS: usize = 8;
+    let row = (row / LANES).max(1) * LANES;
+    let blocks = data.len() / (ROWS * row);
+    let mut acc = [_mm256_setzero_ps(); ROWS];
+    let p = data.as_ptr();
+    for b in 0..blocks {
+        for off in (0..row).step_by(LANES) {
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: inside block b < blocks.
+                *a = _mm256_add_ps(*a, unsafe {
+                    _mm256_loadu_ps(p.add((b * ROWS + r) * row + off))
+                });
+            }
+        }
+    }
+    acc.iter().map(|&v| hsum(v)).sum::<f32>() + data[blocks * ROWS * row..].iter().sum::<f32>()
 }

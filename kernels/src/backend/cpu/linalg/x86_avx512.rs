@@ -108,6 +108,11 @@ impl Avx512 {
         unsafe { fma_chains_kernel(iters, seed) }
     }
 
+    pub(super) fn read_rows(self, data: &[f32], row: usize) -> f32 {
+        // SAFETY: `self` proves AVX-512 F/BW/VL.
+        unsafe { read_rows_kernel(data, row) }
+    }
+
     pub(super) fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
         unsafe {
@@ -678,4 +683,29 @@ unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
         }
     }
     acc.iter().map(|&v| hsum(v)).sum()
+}
+
+/// Blocks of 8 rows of `row` floats, the rows of a block read side by side (8 streams a row
+/// apart, like the 1×8 GEMV tile).
+///
+/// # Safety
+/// AVX-512 F/BW/VL present.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn read_rows_kernel(data: &[f32], row: usize) -> f32 {
+    const ROWS: usize = 8;
+    let row = (row / LANES).max(1) * LANES;
+    let blocks = data.len() / (ROWS * row);
+    let mut acc = [_mm512_setzero_ps(); ROWS];
+    let p = data.as_ptr();
+    for b in 0..blocks {
+        for off in (0..row).step_by(LANES) {
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: inside block b < blocks.
+                *a = _mm512_add_ps(*a, unsafe {
+                    _mm512_loadu_ps(p.add((b * ROWS + r) * row + off))
+                });
+            }
+        }
+    }
+    acc.iter().map(|&v| hsum(v)).sum::<f32>() + data[blocks * ROWS * row..].iter().sum::<f32>()
 }
