@@ -415,9 +415,11 @@ impl Backend {
     /// Rows of `x` the packed-weight kernel takes at once (`≤ MAX_PANEL_MR`).
     fn panel_mr(self) -> usize {
         match self {
+            Backend::Scalar(_) => 0,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => x86_avx2::STREAM_MR,
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(_) => x86_avx512::PANEL_MR,
-            _ => 1,
         }
     }
 
@@ -440,10 +442,7 @@ impl Backend {
                 isa.panels(x, k, mr, w.panels(panels), count, out)
             }
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => {
-                assert_eq!(mr, 1, "AVX2 stream tiles take one row of x");
-                isa.streams(x, k, w.all(), w.stream_len(), panels, out)
-            }
+            Backend::Avx2(isa) => isa.streams(x, k, mr, w.all(), w.stream_len(), panels, out),
             _ => unreachable!("no packed-weight kernel for {self:?}: Packed::new refuses to pack"),
         }
     }

@@ -19,6 +19,11 @@ pub(super) const LANES: usize = 8;
 /// (docs/BENCHMARKS.md). Taller tiles (6×2) measured slower than 4×3 and 3×4.
 pub(super) const NR_FOR_MR: [usize; 4] = [8, 5, 4, 3];
 
+/// Rows of `x` a stream tile takes at once ([`Avx2::streams`]): a panel's 8 weight rows go as
+/// a 1×8 tile or as 2×5 and 2×3, each weight row read once for both rows of x. Three rows as
+/// 3×4 + 3×4 measured slower than 2 + 1 (docs/BENCHMARKS.md).
+pub(super) const STREAM_MR: usize = 2;
+
 /// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Avx2(());
@@ -39,14 +44,16 @@ impl Avx2 {
         }
     }
 
-    /// Dot products of one row of `x` (`k` elements) with the rows of panels `panels` of a
-    /// matrix packed in [`PANEL`] streams `stride` elements apart (see `packed`, the
-    /// `Streams` layout), in the canonical order: panel row `r` of panel `panels.start + q`
-    /// lands in `out[q * PANEL + r]`.
+    /// Dot products of `mr ≤ STREAM_MR` rows of `x` (stride `k`) with the rows of panels
+    /// `panels` of a matrix packed in [`PANEL`] streams `stride` elements apart (see `packed`,
+    /// the `Streams` layout), in the canonical order: row `i` of `x` against row `r` of panel
+    /// `panels.start + q` lands in `out[(i * panels.len() + q) * PANEL + r]`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn streams(
         self,
         x: &[f32],
         k: usize,
+        mr: usize,
         w: WeightRef<'_>,
         stride: usize,
         panels: Range<usize>,
@@ -54,8 +61,8 @@ impl Avx2 {
     ) {
         match w {
             WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
-            WeightRef::F16(w) => streams_typed(self, x, k, w, stride, panels, out),
-            WeightRef::BF16(w) => streams_typed(self, x, k, w, stride, panels, out),
+            WeightRef::F16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
+            WeightRef::BF16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
         }
     }
 
@@ -211,27 +218,49 @@ fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr:
     tile
 }
 
+#[allow(clippy::too_many_arguments)]
 fn streams_typed<W: Load8>(
     _isa: Avx2,
     x: &[f32],
     k: usize,
+    mr: usize,
     w: &[W],
     stride: usize,
     panels: Range<usize>,
     out: &mut [f32],
 ) {
+    let count = panels.len();
+    assert!((1..=STREAM_MR).contains(&mr), "stream tile of {mr} rows");
     assert!(
-        x.len() >= k
+        x.len() >= mr * k
             && stride >= panels.end * k
             && w.len() >= (PANEL - 1) * stride + panels.end * k
-            && out.len() >= panels.len() * PANEL,
+            && out.len() >= mr * count * PANEL,
         "stream operands too short"
     );
-    for (q, out) in panels.zip(out.chunks_exact_mut(PANEL)) {
-        // SAFETY: `_isa` proves the features; row r of panel q (k elements at
-        // r·stride + q·k) lies inside `w`, and x holds k elements (asserted above).
-        let tile = unsafe { kernel::<W, 1, PANEL>(x.as_ptr(), w.as_ptr().add(q * k), k, stride) };
-        out.copy_from_slice(&tile[0]);
+    let xp = x.as_ptr();
+    for (qi, q) in panels.enumerate() {
+        // Row r of panel q: k elements at r·stride + q·k.
+        let rows = w.as_ptr().wrapping_add(q * k);
+        let mut put = |r0: usize, tile: Tile, nr: usize| {
+            for (i, tile_row) in tile.iter().enumerate().take(mr) {
+                let at = i * count * PANEL + qi * PANEL + r0;
+                out[at..at + nr].copy_from_slice(&tile_row[..nr]);
+            }
+        };
+        // SAFETY: `_isa` proves the features; x holds mr rows of k elements, and every row
+        // the tiles read (r < PANEL of panel q) lies inside `w` (asserted above).
+        unsafe {
+            match mr {
+                1 => put(0, spread(&kernel::<W, 1, 8>(xp, rows, k, stride)), 8),
+                // Each weight row is read once for both rows of x: the panel in two tiles.
+                _ => {
+                    put(0, spread(&kernel::<W, 2, 5>(xp, rows, k, stride)), 5);
+                    let rest = rows.add(5 * stride);
+                    put(5, spread(&kernel::<W, 2, 3>(xp, rest, k, stride)), 3);
+                }
+            }
+        }
     }
 }
 
