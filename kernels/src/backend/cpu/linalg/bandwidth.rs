@@ -20,7 +20,8 @@ pub fn measure_read_bandwidth(pool: &rayon::ThreadPool, bytes: usize, iters: usi
 pub(super) enum ReadPattern {
     /// One sequential stream of plain loads.
     Sequential,
-    /// One sequential stream with the decode kernel's software prefetch ahead of the loads.
+    /// One sequential stream with software prefetch ahead of the loads (the AVX-512 decode
+    /// kernel's way of reading; ignored by the portable code).
     Prefetched,
     /// Blocks of 8 rows of this many floats, the 8 rows read side by side: 8 streams a row
     /// apart, as a GEMV tile of 8 row-major weight rows reads them.

@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::packed::{PANEL, Packed, padded_k, unpack_rows};
+use super::packed::{PANEL, Packed, unpack_rows};
 use super::{Backend, MAX_PANEL_MR, WeightRef};
 
 /// The weights of one product.
@@ -22,8 +22,9 @@ const INLINE_MACS: usize = 1 << 18;
 
 /// Bytes of f32 weight rows per cache block: half of the core's L2, leaving room for the `x`
 /// tiles streaming past it. Every `x` tile re-reads the whole block, so a block that spills out
-/// of L2 is read from L3 once per tile: on a Zen 3 core (512 KiB of L2) 1 MiB blocks ran the
-/// prefill GEMM at 0.4 of the core's FMA rate (docs/BENCHMARKS.md).
+/// of L2 is read from L3 once per tile (a Zen 3 core has 512 KiB of L2, the Sapphire Rapids
+/// core the 1 MiB blocks were chosen on 2 MiB). Not measured apart: on Zen 3 the prefill
+/// matmul did not move with this alone while its tiles spilled (docs/BENCHMARKS.md).
 fn block_bytes() -> usize {
     static BYTES: OnceLock<usize> = OnceLock::new();
     *BYTES.get_or_init(|| l2_bytes().unwrap_or(DEFAULT_L2) / 2)
@@ -223,14 +224,14 @@ fn compute_panels(
     );
     let mut results = [0.0f32; MAX_PANEL_MR * PANELS_PER_CALL * PANEL];
     let panel_mr = backend.panel_mr();
-    let per_call = (block_bytes() / (PANEL * padded_k(k) * 2)).clamp(1, PANELS_PER_CALL);
+    let per_call = (block_bytes() / w.panel_bytes().max(1)).clamp(1, PANELS_PER_CALL);
     let (first, end) = (cols.start / PANEL, cols.end.div_ceil(PANEL));
     let mut q = first;
     while q < end {
         let count = (end - q).min(per_call);
         let mut i = 0;
         while i < m {
-            // Four rows go as two pairs where three fit: a 4-row panel tile never does.
+            // Four rows go as two pairs: no panel kernel takes four at once.
             let mr = if m - i == 4 && panel_mr >= 2 {
                 2
             } else {

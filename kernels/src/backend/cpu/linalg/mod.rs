@@ -389,17 +389,6 @@ impl Backend {
         }
     }
 
-    /// f32 lanes per vector: the `L` of the canonical order.
-    fn lanes(self) -> usize {
-        match self {
-            Backend::Scalar(_) => scalar::LANES,
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(_) => x86_avx2::LANES,
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(_) => x86_avx512::LANES,
-        }
-    }
-
     /// How this instruction set's decode kernel reads packed 16-bit weights (see `packed`);
     /// `None` without such a kernel.
     fn pack_layout(self) -> Option<packed::Layout> {

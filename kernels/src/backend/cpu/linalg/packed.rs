@@ -1,8 +1,8 @@
 //! f16/bf16 weights repacked for decode, in one of two layouts, whichever the process's decode
 //! kernel reads best (the instruction set decides; docs/BENCHMARKS.md has the figures):
 //!
-//! - **Panels** (AVX-512): panels of [`PANEL`] weight rows whose chunks `C` (one vector, 16
-//!   elements) are interleaved, so the decode kernel reads one sequential stream per panel,
+//! - **Panels** (AVX-512): panels of [`PANEL`] weight rows whose chunks `C` ([`CHUNK`], one
+//!   vector) are interleaved, so the decode kernel reads one sequential stream per panel,
 //!   with software prefetch ahead of it. A 16-bit weight is half the bytes of an f32 one but
 //!   costs the same instructions per element, so with a row-major matrix the core's
 //!   out-of-order window covers half as many bytes of the eight row streams, and the
@@ -32,10 +32,8 @@ use super::arena::{Arena, Element, Slab};
 /// Weight rows per panel: the `nr` of the decode micro-kernel.
 pub const PANEL: usize = 8;
 
-/// Elements per interleaved chunk: one vector of the process's instruction set (its lanes).
-fn chunk() -> usize {
-    super::backend().lanes()
-}
+/// Elements per interleaved chunk of the [`Layout::Panels`] layout: one AVX-512 vector.
+pub const CHUNK: usize = 16;
 
 /// Packed 16-bit weights.
 #[derive(Debug)]
@@ -128,6 +126,11 @@ impl Packed {
         self.n.div_ceil(PANEL) * self.k
     }
 
+    /// Bytes of one panel ([`PANEL`] rows, padding included) in either layout.
+    pub(super) fn panel_bytes(&self) -> usize {
+        self.bytes() / self.n.div_ceil(PANEL).max(1)
+    }
+
     /// The packed elements of whole panels `panels`, in their dtype ([`Layout::Panels`]).
     pub(super) fn panels(&self, panels: Range<usize>) -> WeightRef<'_> {
         assert_eq!(
@@ -145,16 +148,16 @@ impl Packed {
     }
 }
 
-/// `k` rounded up to whole chunks.
+/// `k` rounded up to whole chunks ([`Layout::Panels`]).
 pub(super) fn padded_k(k: usize) -> usize {
-    k.div_ceil(chunk()) * chunk()
+    k.div_ceil(CHUNK) * CHUNK
 }
 
 /// Position of element `(j, l)` of an `[n, k]` matrix (see the module docs).
 fn index(layout: Layout, n: usize, k: usize, j: usize, l: usize) -> usize {
     match layout {
         Layout::Panels => {
-            let (c, kp) = (chunk(), padded_k(k));
+            let (c, kp) = (CHUNK, padded_k(k));
             (j / PANEL) * PANEL * kp + ((l / c) * PANEL + j % PANEL) * c + l % c
         }
         Layout::Streams => (j % PANEL) * n.div_ceil(PANEL) * k + (j / PANEL) * k + l,
@@ -169,7 +172,7 @@ fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) 
     let mut out = arena.alloc(len);
     // A run of consecutive elements of a row that stays consecutive in the layout.
     let run = match layout {
-        Layout::Panels => chunk(),
+        Layout::Panels => CHUNK,
         Layout::Streams => k.max(1),
     };
     for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {

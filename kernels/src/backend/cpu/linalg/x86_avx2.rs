@@ -2,10 +2,9 @@
 //! micro-kernel as `x86_avx512.rs`; partial chunks are copied into a zeroed stack buffer.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use half::{bf16, f16};
-
-use std::ops::Range;
 
 use super::packed::PANEL;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
