@@ -174,6 +174,17 @@ async fn a_panicking_engine_is_restarted_and_its_started_requests_fail_retriably
             .contains("retry")
     );
 
+    // The error reaches the client when the worker goes down, before its replacement has
+    // loaded the model (meanwhile the node answers 503 "retry shortly" and `/ready` is 503):
+    // wait for the node to report ready, as a load balancer would.
+    wait_until(Duration::from_secs(30), "the restarted worker", || async {
+        node.client
+            .get(format!("{}/ready", node.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     // A new worker takes over and answers exactly.
     let prompt = &chat_prompts()[0];
     let r = node.chat(greedy(&prompt["messages"])).await;
