@@ -18,10 +18,8 @@ use linalg::{Slab, WeightRef};
 const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 thread_local! {
-    /// Attention scratch kept per thread across calls: the scores of the heads being computed,
-    /// and one block's dot products.
-    static SCORES: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Attention scratch kept per thread across calls: the scores of the heads being computed.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The CPU backend.
@@ -355,17 +353,12 @@ impl Backend for CpuBackend {
                     })
                 })
             };
-            SCORES.with_borrow_mut(|(scores, tile)| {
+            SCORES.with_borrow_mut(|scores| {
                 // scores[i * span + t]: query head i against position first + t.
                 resize(scores, group * span);
                 for (t, n, at) in pieces() {
-                    resize(tile, group * n);
-                    linalg::dots(q, group, hd, &store.k[at..at + n * hd], n, tile);
-                    for i in 0..group {
-                        for (sc, &d) in scores[i * span + t..][..n].iter_mut().zip(&tile[i * n..]) {
-                            *sc = d * scale;
-                        }
-                    }
+                    let keys = &store.k[at..at + n * hd];
+                    linalg::scaled_dots(q, group, hd, keys, n, scale, &mut scores[t..], span);
                 }
                 for head in scores.chunks_exact_mut(span) {
                     let max = head.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -377,9 +370,7 @@ impl Backend for CpuBackend {
                 out.fill(0.0);
                 for (t, n, at) in pieces() {
                     let values = &store.v[at..at + n * hd];
-                    for (i, o) in out.chunks_exact_mut(hd).enumerate() {
-                        linalg::axpy_rows(&scores[i * span + t..][..n], values, o);
-                    }
+                    linalg::weighted_rows(&scores[t..], span, group, values, n, out);
                 }
             });
         });

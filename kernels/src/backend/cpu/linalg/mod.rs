@@ -224,27 +224,49 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     backend().axpy(alpha, x, y);
 }
 
-/// `out[i·n + j] = dot(x_i, w_j)` for the `m` rows of `x` and the `n` rows of `w` (both of
-/// stride `k`), on the calling thread: the small products of attention. Each value has the
-/// bits of [`dot`].
+/// `out[i·stride + j] = dot(x_i, w_j) · scale` for the `m` rows of `x` and the `n` rows of `w`
+/// (both of stride `k`), on the calling thread: the scores of attention (`m` query heads
+/// against `n` keys). Each value has the bits of [`dot`] times `scale`.
 ///
 /// # Panics
-/// If a slice is shorter than `m`, `n` and `k` say.
-pub fn dots(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+/// If a slice is shorter than `m`, `n`, `k` and `stride` say.
+#[allow(clippy::too_many_arguments)]
+pub fn scaled_dots(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+    stride: usize,
+) {
     assert!(
-        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
-        "dots: operands shorter than m = {m}, n = {n}, k = {k}"
+        x.len() >= m * k
+            && w.len() >= n * k
+            && stride >= n
+            && (m == 0 || n == 0 || out.len() >= (m - 1) * stride + n),
+        "scaled_dots: operands shorter than m = {m}, n = {n}, k = {k}, stride = {stride}"
     );
-    driver::matmul_t_here(
-        backend(),
-        &x[..m * k],
-        m,
-        k,
-        driver::Weights::Rows(WeightRef::F32(&w[..n * k])),
-        n,
-        None,
-        &mut out[..m * n],
+    backend().scaled_dots(x, m, k, w, n, scale, out, stride);
+}
+
+/// `out_i = fma(p[i·stride + t], v_t, out_i)` for each row `v_t` of `v` in order, for the `m`
+/// rows `out_i` of `out` (each `out.len() / m` long, the stride of `v`): attention's weighted
+/// sum of values for `m` query heads, with the bits of one [`axpy_rows`] per row of `out`.
+///
+/// # Panics
+/// If a slice is shorter than `m`, `n` and `stride` say.
+pub fn weighted_rows(p: &[f32], stride: usize, m: usize, v: &[f32], n: usize, out: &mut [f32]) {
+    let k = out.len() / m.max(1);
+    assert!(
+        out.len() == m * k
+            && v.len() >= n * k
+            && stride >= n
+            && (m == 0 || n == 0 || p.len() >= (m - 1) * stride + n),
+        "weighted_rows: operands shorter than m = {m}, n = {n}, stride = {stride}"
     );
+    backend().weighted_rows(p, stride, m, v, n, out);
 }
 
 /// `y = fma(alphas[r], v_r, y)` for each row `v_r` of `v` (stride `y.len()`) in order: the
@@ -386,6 +408,71 @@ impl Backend {
             Backend::Avx2(isa) => isa.tile(x, k, mr, w, nr),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.tile(x, k, mr, w, nr),
+        }
+    }
+
+    /// [`scaled_dots`] on this instruction set (operands checked by the caller).
+    #[allow(clippy::too_many_arguments)]
+    fn scaled_dots(
+        self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Backend::Avx2(isa) = self {
+            return isa.scaled_dots(x, m, k, w, n, scale, out, stride);
+        }
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(self.tile_mr());
+            let mut j = 0;
+            while j < n {
+                let nr = (n - j).min(self.nr_for(mr));
+                let keys = WeightRef::F32(&w[j * k..(j + nr) * k]);
+                let tile = self.tile(&x[i * k..(i + mr) * k], k, mr, keys, nr);
+                for (ii, row) in tile.iter().enumerate().take(mr) {
+                    for (jj, &v) in row.iter().enumerate().take(nr) {
+                        out[(i + ii) * stride + j + jj] = v * scale;
+                    }
+                }
+                j += nr;
+            }
+            i += mr;
+        }
+    }
+
+    /// [`weighted_rows`] on this instruction set (operands checked by the caller).
+    fn weighted_rows(
+        self,
+        p: &[f32],
+        stride: usize,
+        m: usize,
+        v: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Backend::Avx2(isa) = self {
+            return isa.weighted_rows(p, stride, m, v, n, out);
+        }
+        // One `axpy_rows` per row of `out`.
+        let k = out.len() / m.max(1);
+        for (i, row) in out.chunks_exact_mut(k.max(1)).enumerate() {
+            let alphas = &p[i * stride..i * stride + n];
+            #[cfg(target_arch = "x86_64")]
+            if let Backend::Avx512(isa) = self {
+                isa.axpy_rows(alphas, &v[..n * k], row);
+                continue;
+            }
+            for (t, &a) in alphas.iter().enumerate() {
+                self.axpy(a, &v[t * k..(t + 1) * k], row);
+            }
         }
     }
 

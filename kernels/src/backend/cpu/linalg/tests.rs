@@ -269,18 +269,25 @@ fn axpy_is_a_fused_multiply_add_at_every_position() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// The attention helpers have the bits of one `dot` / `axpy` call per element.
+    /// The attention helpers have the bits of one `dot` (times the scale) / `axpy` call per element.
     #[test]
-    fn dots_and_axpy_rows_equal_dot_and_axpy_bitwise(
+    fn attention_helpers_equal_dot_and_axpy_bitwise(
         m in 1usize..7, n in 0usize..20, k in 1usize..80, seed in 0u64..1000,
     ) {
         let (x, w) = (values(seed, m * k), values(seed + 1, n * k));
-        let mut out = vec![f32::NAN; m * n];
-        dots(&x, m, k, &w, n, &mut out);
+        // Scores land `stride` apart, the gaps untouched.
+        let (scale, stride) = (0.125, n + 3);
+        let mut out = vec![f32::NAN; m * stride];
+        scaled_dots(&x, m, k, &w, n, scale, &mut out, stride);
         for i in 0..m {
-            for j in 0..n {
-                let expected = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
-                prop_assert_eq!(out[i * n + j].to_bits(), expected.to_bits(), "({}, {})", i, j);
+            for j in 0..stride {
+                let got = out[i * stride + j];
+                if j >= n {
+                    prop_assert!(got.is_nan(), "({}, {}) written", i, j);
+                    continue;
+                }
+                let expected = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]) * scale;
+                prop_assert_eq!(got.to_bits(), expected.to_bits(), "({}, {})", i, j);
             }
         }
         let alphas = values(seed + 2, n);
@@ -292,6 +299,18 @@ proptest! {
         }
         prop_assert_eq!(
             y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        // m rows of weights `stride` apart against the same values: one axpy_rows per row.
+        let p = values(seed + 4, m * stride);
+        let mut rows = values(seed + 5, m * k);
+        let mut expected = rows.clone();
+        weighted_rows(&p, stride, m, &w, n, &mut rows);
+        for (i, row) in expected.chunks_exact_mut(k).enumerate() {
+            axpy_rows(&p[i * stride..i * stride + n], &w, row);
+        }
+        prop_assert_eq!(
+            rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
     }
@@ -402,6 +421,51 @@ fn silu_mul_has_the_bits_of_the_definition_on_every_isa() {
             }
             let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
             assert_eq!(got, want[..len], "{isa:?}, {len} elements");
+        }
+    }
+}
+
+/// Every instruction set computes attention's scores and weighted sums with the bits of its
+/// own `tile` (times the scale) and one `axpy` per row and element, for query groups and key
+/// counts that fill its tiles and leave tails.
+#[test]
+fn attention_helpers_have_the_bits_of_tile_and_axpy_on_every_isa() {
+    for isa in every_isa() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (4, 16, 64),
+            (3, 9, 17),
+            (8, 5, 64),
+            (2, 13, 72),
+            (5, 3, 7),
+        ] {
+            let (x, w) = (values(7, m * k), values(8, n * k));
+            let (scale, stride) = (0.125, n + 2);
+            let mut out = vec![f32::NAN; m * stride];
+            isa.scaled_dots(&x, m, k, &w, n, scale, &mut out, stride);
+            for i in 0..m {
+                for j in 0..n {
+                    let key = WeightRef::F32(&w[j * k..(j + 1) * k]);
+                    let want = isa.tile(&x[i * k..(i + 1) * k], k, 1, key, 1)[0][0] * scale;
+                    let got = out[i * stride + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{isa:?} {m}x{n}x{k} ({i}, {j})"
+                    );
+                }
+            }
+            let p = values(9, m * stride);
+            let mut rows = values(10, m * k);
+            let mut want = rows.clone();
+            isa.weighted_rows(&p, stride, m, &w, n, &mut rows);
+            for (i, row) in want.chunks_exact_mut(k).enumerate() {
+                for t in 0..n {
+                    isa.axpy(p[i * stride + t], &w[t * k..(t + 1) * k], row);
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&rows), bits(&want), "{isa:?} {m}x{n}x{k}");
         }
     }
 }

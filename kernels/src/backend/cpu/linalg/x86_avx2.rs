@@ -85,6 +85,61 @@ impl Avx2 {
         unsafe { axpy_rows_kernel(alphas, v, y) }
     }
 
+    /// See [`super::scaled_dots`] (lengths checked there).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scaled_dots(
+        self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        assert!(
+            x.len() >= m * k
+                && w.len() >= n * k
+                && (m == 0 || n == 0 || out.len() >= (m - 1) * stride + n),
+            "scaled_dots: operands too short"
+        );
+        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above.
+        unsafe {
+            scaled_dots_kernel(
+                x.as_ptr(),
+                m,
+                k,
+                w.as_ptr(),
+                n,
+                scale,
+                out.as_mut_ptr(),
+                stride,
+            )
+        }
+    }
+
+    /// See [`super::weighted_rows`] (lengths checked there).
+    pub(super) fn weighted_rows(
+        self,
+        p: &[f32],
+        stride: usize,
+        m: usize,
+        v: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let k = out.len() / m.max(1);
+        assert!(
+            out.len() == m * k
+                && v.len() >= n * k
+                && (m == 0 || n == 0 || p.len() >= (m - 1) * stride + n),
+            "weighted_rows: operands too short"
+        );
+        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above.
+        unsafe { weighted_rows_kernel(p.as_ptr(), stride, m, v.as_ptr(), n, k, out.as_mut_ptr()) }
+    }
+
     pub(super) fn silu_mul(self, gate: &[f32], up: &[f32], out: &mut [f32]) {
         assert!(
             gate.len() == out.len() && up.len() == out.len(),
@@ -356,13 +411,69 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
             }
         }
     }
+    reduce(&acc)
+}
+
+/// The canonical sums of an `MR×NR` grid of accumulators: eight at a time through [`hsum8`]
+/// (a third of the instructions of eight [`hsum`]s, the same bits), the last one or two alone.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce<const MR: usize, const NR: usize>(acc: &[[__m256; NR]; MR]) -> [[f32; NR]; MR] {
     let mut out = [[0.0; NR]; MR];
-    for i in 0..MR {
-        for j in 0..NR {
-            out[i][j] = hsum(acc[i][j]);
+    let total = MR * NR;
+    let mut base = 0;
+    while base < total {
+        let len = (total - base).min(LANES);
+        if len <= 2 {
+            for idx in base..total {
+                out[idx / NR][idx % NR] = hsum(acc[idx / NR][idx % NR]);
+            }
+            break;
         }
+        let mut group = [_mm256_setzero_ps(); LANES];
+        for (g, v) in group.iter_mut().enumerate().take(len) {
+            *v = acc[(base + g) / NR][(base + g) % NR];
+        }
+        let mut sums = [0.0f32; LANES];
+        // SAFETY: `sums` holds 8 floats.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(group)) };
+        for (g, &v) in sums.iter().enumerate().take(len) {
+            out[(base + g) / NR][(base + g) % NR] = v;
+        }
+        base += LANES;
     }
     out
+}
+
+/// [`hsum`] of eight vectors at once, lane `j` of the result the sum of `v[j]`: the same
+/// additions of the same operands (`t + 4`, then `t + 2`, then `t + 1`), done for all eight
+/// side by side.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8(v: [__m256; LANES]) -> __m256 {
+    // [a, b] → [a_t + a_{t+4} | b_t + b_{t+4}] (t < 4).
+    let halves = |a: __m256, b: __m256| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    };
+    // Per 128-bit lane [a0, a1, a2, a3], [b0, b1, b2, b3] → [a0 + a2, a1 + a3, b0 + b2, b1 + b3].
+    let quarters = |a: __m256, b: __m256| {
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+            _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+        )
+    };
+    let c0123 = quarters(halves(v[0], v[1]), halves(v[2], v[3]));
+    let c4567 = quarters(halves(v[4], v[5]), halves(v[6], v[7]));
+    // Per 128-bit lane [a0 + a1, a2 + a3, b0 + b1, b2 + b3]: the sums of v0, v2, v4, v6 in the
+    // low lane and of v1, v3, v5, v7 in the high one.
+    let d = _mm256_add_ps(
+        _mm256_shuffle_ps::<0b10_00_10_00>(c0123, c4567),
+        _mm256_shuffle_ps::<0b11_01_11_01>(c0123, c4567),
+    );
+    _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
 /// The canonical halving tree: lanes `t + 4`, then `t + 2`, `t + 1` are added in.
@@ -450,6 +561,161 @@ unsafe fn axpy_rows_kernel(alphas: &[f32], v: &[f32], y: &mut [f32]) {
     for l in full * LANES..k {
         for (r, &a) in alphas.iter().enumerate() {
             y[l] = a.mul_add(v[r * k + l], y[l]);
+        }
+    }
+}
+
+/// `out[i·stride + j] = dot(x_i, w_j)·scale`: tiles of eight accumulators (4×2, 2×4 or 1×8,
+/// one reduction each), each result stored where it belongs.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` holds `m` rows and `w` `n` rows of `k`; `out` is valid for
+/// `(m - 1)·stride + n` writes.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scaled_dots_kernel(
+    x: *const f32,
+    m: usize,
+    k: usize,
+    w: *const f32,
+    n: usize,
+    scale: f32,
+    out: *mut f32,
+    stride: usize,
+) {
+    let mut i = 0;
+    while i < m {
+        let mr = (m - i).min(4);
+        let mut j = 0;
+        while j < n {
+            macro_rules! put {
+                ($mr:literal, $nr:literal) => {{
+                    // SAFETY: rows i..i + $mr of x and j..j + $nr of w exist; the writes land
+                    // at (i + ii)·stride + j + jj < (m - 1)·stride + n.
+                    unsafe {
+                        let r = kernel::<f32, $mr, $nr>(x.add(i * k), w.add(j * k), k, k);
+                        for (ii, row) in r.iter().enumerate() {
+                            for (jj, &v) in row.iter().enumerate() {
+                                *out.add((i + ii) * stride + j + jj) = v * scale;
+                            }
+                        }
+                    }
+                    j += $nr;
+                }};
+            }
+            match (mr, n - j) {
+                (4, r) if r >= 2 => put!(4, 2),
+                (4, _) => put!(4, 1),
+                (3, r) if r >= 2 => put!(3, 2),
+                (3, _) => put!(3, 1),
+                (2, r) if r >= 4 => put!(2, 4),
+                (2, _) => put!(2, 1),
+                (_, r) if r >= 8 => put!(1, 8),
+                (_, r) if r >= 4 => put!(1, 4),
+                _ => put!(1, 1),
+            }
+        }
+        i += mr;
+    }
+}
+
+/// `out_i = fma(p[i·stride + t], v_t, out_i)` for `t` in order, per row `i`: the bits of
+/// [`axpy_rows_kernel`] on each row, with every row of `v` loaded once for up to four rows of
+/// `out` (tiles of 4 rows × 16 lanes in registers).
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `p` is valid for `(m - 1)·stride + n` reads, `v` holds `n` rows and
+/// `out` `m` rows of `k`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_rows_kernel(
+    p: *const f32,
+    stride: usize,
+    m: usize,
+    v: *const f32,
+    n: usize,
+    k: usize,
+    out: *mut f32,
+) {
+    let full = k / LANES;
+    let mut i = 0;
+    while i < m {
+        let mr = (m - i).min(4);
+        let (pi, oi) = (p.wrapping_add(i * stride), out.wrapping_add(i * k));
+        let mut c = 0;
+        while c < full {
+            let off = c * LANES;
+            let chunks = (full - c).min(2);
+            // SAFETY: rows i..i + mr of out and p, chunks c..c + chunks of every row of v and
+            // out: all inside the operands.
+            unsafe {
+                match (mr, chunks) {
+                    (4, 2) => weighted_tile::<4, 2>(pi, stride, v, n, k, oi, off),
+                    (4, _) => weighted_tile::<4, 1>(pi, stride, v, n, k, oi, off),
+                    (3, 2) => weighted_tile::<3, 2>(pi, stride, v, n, k, oi, off),
+                    (3, _) => weighted_tile::<3, 1>(pi, stride, v, n, k, oi, off),
+                    (2, 2) => weighted_tile::<2, 2>(pi, stride, v, n, k, oi, off),
+                    (2, _) => weighted_tile::<2, 1>(pi, stride, v, n, k, oi, off),
+                    (_, 2) => weighted_tile::<1, 2>(pi, stride, v, n, k, oi, off),
+                    _ => weighted_tile::<1, 1>(pi, stride, v, n, k, oi, off),
+                }
+            }
+            c += chunks;
+        }
+        for ii in 0..mr {
+            for l in full * LANES..k {
+                // SAFETY: as above, element l < k of row i + ii.
+                unsafe {
+                    let y = &mut *oi.add(ii * k + l);
+                    for t in 0..n {
+                        *y = (*pi.add(ii * stride + t)).mul_add(*v.add(t * k + l), *y);
+                    }
+                }
+            }
+        }
+        i += mr;
+    }
+}
+
+/// `MR` rows of `out`, `C` vectors from `off`, through all `n` rows of `v`.
+///
+/// # Safety
+/// As [`weighted_rows_kernel`], with `off + 8·C ≤ k` and `MR` rows of `p` and `out` at the
+/// pointers given.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_tile<const MR: usize, const C: usize>(
+    p: *const f32,
+    stride: usize,
+    v: *const f32,
+    n: usize,
+    k: usize,
+    out: *mut f32,
+    off: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); C]; MR];
+    // SAFETY (every access): inside the rows and chunks the caller vouches for.
+    unsafe {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (c, a) in row.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(out.add(i * k + off + c * LANES));
+            }
+        }
+        for t in 0..n {
+            let mut vv = [_mm256_setzero_ps(); C];
+            for (c, x) in vv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(v.add(t * k + off + c * LANES));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm256_broadcast_ss(&*p.add(i * stride + t));
+                for (c, acc) in row.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(a, vv[c], *acc);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (c, a) in row.iter().enumerate() {
+                _mm256_storeu_ps(out.add(i * k + off + c * LANES), *a);
+            }
         }
     }
 }
