@@ -518,7 +518,7 @@ impl Backend {
                 isa.panels(x, k, mr, w.panels(panels), count, out)
             }
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.streams(x, k, mr, w.all(), w.stream_len(), panels, out),
+            Backend::Avx2(isa) => isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out),
             _ => unreachable!("no packed-weight kernel for {self:?}: Packed::new refuses to pack"),
         }
     }

@@ -11,7 +11,9 @@
 //!   `(j, l)` lives at `(j / PANEL) · PANEL · kp + ((l / C) · PANEL + j % PANEL) · C + l % C`.
 //! - **Streams** (AVX2): [`PANEL`] streams, stream `r` holding rows `r, r + PANEL, r + 2·PANEL,
 //!   …` whole, one after the other; element `(j, l)` lives at
-//!   `(j % PANEL) · ⌈n / PANEL⌉ · k + (j / PANEL) · k + l`. The decode kernel's 1×8 tile reads
+//!   `(j % PANEL) · s + (j / PANEL) · k + l`, the stream stride `s` a little over
+//!   `⌈n / PANEL⌉ · k` so that the streams do not start at one offset modulo 4 or 64 KiB
+//!   (`stream_stride`). The decode kernel's 1×8 tile reads
 //!   the eight rows of one panel side by side, and the next panel's rows continue each
 //!   stream, so a core reads eight long sequential streams. A Zen 3 core reads that pattern
 //!   ~25% faster than one stream (prefetched or not) and than eight rows that jump every
@@ -121,9 +123,9 @@ impl Packed {
     }
 
     /// Elements from the start of one stream to the next (the [`Layout::Streams`] layout).
-    pub(super) fn stream_len(&self) -> usize {
+    pub(super) fn stream_stride(&self) -> usize {
         debug_assert_eq!(self.layout, Layout::Streams);
-        self.n.div_ceil(PANEL) * self.k
+        stream_stride(self.n, self.k)
     }
 
     /// Bytes of one panel ([`PANEL`] rows, padding included) in either layout.
@@ -148,6 +150,22 @@ impl Packed {
     }
 }
 
+/// 16-bit elements per 64-byte cache line.
+const LINE: usize = 32;
+
+/// [`Packed::stream_stride`] of an `[n, k]` matrix: the `⌈n / PANEL⌉ · k` elements of a stream,
+/// rounded up to whole cache lines and then to 33 lines past a multiple of 4 KiB (a skew of up
+/// to 63 unused lines after each stream). Eight streams read side by side then start at eight
+/// different offsets modulo 4 KiB, and modulo 64 KiB (the stride in lines is odd). Without the
+/// skew, every matrix of the `bench-engine` model has its streams a multiple of 64 KiB apart,
+/// and eight streams at one offset modulo 64 KiB read at about half the speed on Zen 3: batch-1
+/// decode went from 0.80–0.82 to 0.91–0.97 of the bandwidth ceiling (docs/BENCHMARKS.md).
+fn stream_stride(n: usize, k: usize) -> usize {
+    let lines = (n.div_ceil(PANEL) * k).div_ceil(LINE);
+    let skew = (33 + 64 - lines % 64) % 64;
+    (lines + skew) * LINE
+}
+
 /// `k` rounded up to whole chunks ([`Layout::Panels`]).
 pub(super) fn padded_k(k: usize) -> usize {
     k.div_ceil(CHUNK) * CHUNK
@@ -160,14 +178,14 @@ fn index(layout: Layout, n: usize, k: usize, j: usize, l: usize) -> usize {
             let (c, kp) = (CHUNK, padded_k(k));
             (j / PANEL) * PANEL * kp + ((l / c) * PANEL + j % PANEL) * c + l % c
         }
-        Layout::Streams => (j % PANEL) * n.div_ceil(PANEL) * k + (j / PANEL) * k + l,
+        Layout::Streams => (j % PANEL) * stream_stride(n, k) + (j / PANEL) * k + l,
     }
 }
 
 fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) -> Slab<T> {
     let len = match layout {
         Layout::Panels => n.div_ceil(PANEL) * PANEL * padded_k(k),
-        Layout::Streams => n.div_ceil(PANEL) * PANEL * k,
+        Layout::Streams => PANEL * stream_stride(n, k),
     };
     let mut out = arena.alloc(len);
     // A run of consecutive elements of a row that stays consecutive in the layout.
