@@ -90,8 +90,8 @@ pub enum CpuWeights {
     F32(Slab<f32>),
     F16(Slab<f16>),
     BF16(Slab<bf16>),
-    /// f16/bf16 repacked into the panels the decode kernel streams (where the CPU has that
-    /// kernel: AVX-512).
+    /// Repacked for the decode kernel (see `linalg::Packed`): f16/bf16 where the CPU has a
+    /// packed-weight kernel, f32 too with AVX2.
     Packed(linalg::Packed),
 }
 
@@ -153,10 +153,10 @@ fn resize(buf: &mut Vec<f32>, len: usize) {
     buf.resize(len, 0.0);
 }
 
-fn le_elements<T>(parts: &[&[u8]], convert: impl Fn([u8; 2]) -> T) -> Vec<T> {
+fn le_elements<T, const N: usize>(parts: &[&[u8]], convert: impl Fn([u8; N]) -> T) -> Vec<T> {
     parts
         .iter()
-        .flat_map(|p| p.chunks_exact(2).map(|c| convert([c[0], c[1]])))
+        .flat_map(|p| p.as_chunks::<N>().0.iter().map(|c| convert(*c)))
         .collect()
 }
 
@@ -174,12 +174,11 @@ impl Backend for CpuBackend {
         let arena = &self.arena;
         let weights = match host.dtype {
             DType::F32 => {
-                let mut slab = arena.alloc::<f32>(n * k);
-                let bytes = host.parts.iter().flat_map(|p| p.chunks_exact(4));
-                for (v, c) in slab.iter_mut().zip(bytes) {
-                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let w = le_elements(host.parts, f32::from_le_bytes);
+                match linalg::Packed::new_in(arena, WeightRef::F32(&w), n, k) {
+                    Some(p) => CpuWeights::Packed(p),
+                    None => CpuWeights::F32(arena.copy(&w)),
                 }
-                CpuWeights::F32(slab)
             }
             DType::F16 => {
                 let w = le_elements(host.parts, f16::from_le_bytes);

@@ -154,7 +154,7 @@ fn unit_rows(m: usize, k: usize, w: Weights<'_>) -> usize {
     }
     let element = match w {
         Weights::Rows(w) => w.element_size(),
-        Weights::Packed(_) => 2,
+        Weights::Packed(w) => w.element_bytes(),
     };
     let rows = DECODE_UNIT_BYTES / (element * k.max(1));
     rows.div_ceil(PANEL).max(1) * PANEL
@@ -278,6 +278,11 @@ fn compute_blocks(
     out: SharedOut,
     cols: Range<usize>,
 ) {
+    if let Weights::Packed(p) = w
+        && let WeightRef::F32(all) = p.all()
+    {
+        return compute_f32_streams(backend, x, m, k, p, all, bias, out, cols);
+    }
     let nb = block_rows(k);
     // With several x tiles per block, widening f16/bf16 once into an f32 panel beats widening in
     // registers for every tile (the conversion is exact, so the bits do not change). Packed
@@ -335,6 +340,52 @@ fn compute_blocks(
             jb = je;
         }
     });
+}
+
+/// [`compute_blocks`] for f32 weights packed as streams: no widening to do, so the tiles read
+/// the packed rows where they are (a panel's rows lie [`Packed::stream_stride`] apart) instead
+/// of a row-major copy. Tiles of 3 rows of `x` × 4 weight rows, two per panel.
+#[allow(clippy::too_many_arguments)]
+fn compute_f32_streams(
+    backend: Backend,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Packed,
+    all: &[f32],
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    cols: Range<usize>,
+) {
+    let (nb, ws) = (block_rows(k), w.stream_stride());
+    let mut jb = cols.start;
+    while jb < cols.end {
+        let je = (jb + nb).min(cols.end);
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(3);
+            let xs = &x[i * k..(i + mr) * k];
+            let mut j = jb;
+            while j < je {
+                // Rows j.. of one panel: stream j % PANEL on, at panel j / PANEL.
+                let nr = (je - j).min(PANEL - j % PANEL).min(backend.nr_for(mr));
+                let at = (j % PANEL) * ws + (j / PANEL) * k;
+                let rows = &all[at..at + (nr - 1) * ws + k];
+                let tile = backend.tile_strided(xs, k, mr, rows, ws, nr);
+                for (ii, tile_row) in tile.iter().enumerate().take(mr) {
+                    for (jj, &v) in tile_row.iter().enumerate().take(nr) {
+                        let col = j + jj;
+                        // SAFETY: i + ii < m and col < n; col lies in this call's `cols`, which
+                        // no other thread writes.
+                        unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
+                    }
+                }
+                j += nr;
+            }
+            i += mr;
+        }
+        jb = je;
+    }
 }
 
 thread_local! {

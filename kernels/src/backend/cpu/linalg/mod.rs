@@ -411,6 +411,16 @@ impl Backend {
         }
     }
 
+    /// [`Backend::tile`] against f32 rows `ws` elements apart; only where f32 weights are
+    /// packed (AVX2, the `Streams` layout).
+    fn tile_strided(self, x: &[f32], k: usize, mr: usize, w: &[f32], ws: usize, nr: usize) -> Tile {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.tile_strided(x, k, mr, w, ws, nr),
+            _ => unreachable!("no strided tile for {self:?}: f32 is packed only as streams"),
+        }
+    }
+
     /// [`scaled_dots`] on this instruction set (operands checked by the caller).
     #[allow(clippy::too_many_arguments)]
     fn scaled_dots(

@@ -40,6 +40,8 @@ pub const CHUNK: usize = 16;
 /// Packed 16-bit weights.
 #[derive(Debug)]
 pub(super) enum PackedData {
+    /// f32 (the [`Layout::Streams`] layout only).
+    F32(Slab<f32>),
     F16(Slab<f16>),
     BF16(Slab<bf16>),
 }
@@ -64,9 +66,10 @@ pub struct Packed {
 }
 
 impl Packed {
-    /// Repacks row-major f16/bf16 weights `[n, k]` into memory of their own; `None` for f32
-    /// (the row-major kernels read f32 at the machine's bandwidth already) or when this CPU's
-    /// kernels do not read panels.
+    /// Repacks row-major weights `[n, k]` into memory of their own; `None` when this CPU's
+    /// kernels do not read packed weights, and for f32 in the [`Layout::Panels`] layout (the
+    /// AVX-512 kernels read f32 rows at the machine's bandwidth already; the eight rows a Zen 3
+    /// tile reads side by side sit 4 KiB apart for `k = 1024` and read slower than streams).
     pub fn new(w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
         Packed::new_in(&Arena::with_region_bytes(0), w, n, k)
     }
@@ -77,7 +80,8 @@ impl Packed {
         let layout = super::backend().pack_layout()?;
         assert_eq!(w.len(), n * k, "Packed::new: w is not [n, k]");
         let data = match w {
-            WeightRef::F32(_) => return None,
+            WeightRef::F32(_) if layout == Layout::Panels => return None,
+            WeightRef::F32(w) => PackedData::F32(pack(arena, layout, w, n, k)),
             WeightRef::F16(w) => PackedData::F16(pack(arena, layout, w, n, k)),
             WeightRef::BF16(w) => PackedData::BF16(pack(arena, layout, w, n, k)),
         };
@@ -94,9 +98,18 @@ impl Packed {
         self.k
     }
 
+    /// Bytes per weight.
+    pub(super) fn element_bytes(&self) -> usize {
+        match &self.data {
+            PackedData::F32(_) => 4,
+            PackedData::F16(_) | PackedData::BF16(_) => 2,
+        }
+    }
+
     /// Bytes held, padding included (what a decode step reads).
     pub fn bytes(&self) -> usize {
         match &self.data {
+            PackedData::F32(w) => w.len() * 4,
             PackedData::F16(w) => w.len() * 2,
             PackedData::BF16(w) => w.len() * 2,
         }
@@ -106,8 +119,9 @@ impl Packed {
     pub fn row_into(&self, j: usize, out: &mut [f32]) {
         assert!(j < self.n && out.len() == self.k, "Packed::row_into: {j}");
         for (l, o) in out.iter_mut().enumerate() {
-            let at = index(self.layout, self.n, self.k, j, l);
+            let at = index(self.layout, self.n, self.k, self.element_bytes(), j, l);
             *o = match &self.data {
+                PackedData::F32(w) => w[at],
                 PackedData::F16(w) => w[at].to_f32(),
                 PackedData::BF16(w) => w[at].to_f32(),
             };
@@ -117,6 +131,7 @@ impl Packed {
     /// All the packed elements, in their dtype.
     pub(super) fn all(&self) -> WeightRef<'_> {
         match &self.data {
+            PackedData::F32(w) => WeightRef::F32(w),
             PackedData::F16(w) => WeightRef::F16(w),
             PackedData::BF16(w) => WeightRef::BF16(w),
         }
@@ -125,7 +140,7 @@ impl Packed {
     /// Elements from the start of one stream to the next (the [`Layout::Streams`] layout).
     pub(super) fn stream_stride(&self) -> usize {
         debug_assert_eq!(self.layout, Layout::Streams);
-        stream_stride(self.n, self.k)
+        stream_stride(self.n, self.k, self.element_bytes())
     }
 
     /// Bytes of one panel ([`PANEL`] rows, padding included) in either layout.
@@ -144,26 +159,28 @@ impl Packed {
         let per = PANEL * padded_k(self.k);
         let range = panels.start * per..panels.end * per;
         match &self.data {
+            PackedData::F32(_) => unreachable!("f32 is never packed in panels"),
             PackedData::F16(w) => WeightRef::F16(&w[range]),
             PackedData::BF16(w) => WeightRef::BF16(&w[range]),
         }
     }
 }
 
-/// 16-bit elements per 64-byte cache line.
-const LINE: usize = 32;
+/// Bytes per cache line.
+const LINE: usize = 64;
 
-/// [`Packed::stream_stride`] of an `[n, k]` matrix: the `⌈n / PANEL⌉ · k` elements of a stream,
+/// [`Packed::stream_stride`] of an `[n, k]` matrix of `element`-byte weights: the `⌈n / PANEL⌉ · k` elements of a stream,
 /// rounded up to whole cache lines and then to 33 lines past a multiple of 4 KiB (a skew of up
 /// to 63 unused lines after each stream). Eight streams read side by side then start at eight
 /// different offsets modulo 4 KiB, and modulo 64 KiB (the stride in lines is odd). Without the
 /// skew, every matrix of the `bench-engine` model has its streams a multiple of 64 KiB apart,
 /// and eight streams at one offset modulo 64 KiB read at about half the speed on Zen 3: batch-1
 /// decode went from 0.80–0.82 to 0.91–0.97 of the bandwidth ceiling (docs/BENCHMARKS.md).
-fn stream_stride(n: usize, k: usize) -> usize {
-    let lines = (n.div_ceil(PANEL) * k).div_ceil(LINE);
+fn stream_stride(n: usize, k: usize, element: usize) -> usize {
+    let per_line = LINE / element;
+    let lines = (n.div_ceil(PANEL) * k).div_ceil(per_line);
     let skew = (33 + 64 - lines % 64) % 64;
-    (lines + skew) * LINE
+    (lines + skew) * per_line
 }
 
 /// `k` rounded up to whole chunks ([`Layout::Panels`]).
@@ -172,20 +189,20 @@ pub(super) fn padded_k(k: usize) -> usize {
 }
 
 /// Position of element `(j, l)` of an `[n, k]` matrix (see the module docs).
-fn index(layout: Layout, n: usize, k: usize, j: usize, l: usize) -> usize {
+fn index(layout: Layout, n: usize, k: usize, element: usize, j: usize, l: usize) -> usize {
     match layout {
         Layout::Panels => {
             let (c, kp) = (CHUNK, padded_k(k));
             (j / PANEL) * PANEL * kp + ((l / c) * PANEL + j % PANEL) * c + l % c
         }
-        Layout::Streams => (j % PANEL) * stream_stride(n, k) + (j / PANEL) * k + l,
+        Layout::Streams => (j % PANEL) * stream_stride(n, k, element) + (j / PANEL) * k + l,
     }
 }
 
 fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) -> Slab<T> {
     let len = match layout {
         Layout::Panels => n.div_ceil(PANEL) * PANEL * padded_k(k),
-        Layout::Streams => PANEL * stream_stride(n, k),
+        Layout::Streams => PANEL * stream_stride(n, k, size_of::<T>()),
     };
     let mut out = arena.alloc(len);
     // A run of consecutive elements of a row that stays consecutive in the layout.
@@ -195,7 +212,7 @@ fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) 
     };
     for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
         for (c, part) in row.chunks(run).enumerate() {
-            let at = index(layout, n, k, j, c * run);
+            let at = index(layout, n, k, size_of::<T>(), j, c * run);
             out[at..at + part.len()].copy_from_slice(part);
         }
     }
@@ -218,7 +235,7 @@ pub(super) fn unpack_rows(w: &Packed, rows: Range<usize>, dst: &mut [f32]) {
         Layout::Streams => {
             let k = w.k;
             for (j, out) in rows.zip(dst.chunks_exact_mut(k.max(1))) {
-                let at = index(w.layout, w.n, k, j, 0);
+                let at = index(w.layout, w.n, k, w.element_bytes(), j, 0);
                 super::backend().convert(w.all().slice(at..at + k), out);
             }
         }

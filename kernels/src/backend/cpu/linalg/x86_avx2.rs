@@ -37,10 +37,24 @@ impl Avx2 {
 
     pub(super) fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
         match w {
-            WeightRef::F32(w) => tile_typed(self, x, k, mr, w, nr),
-            WeightRef::F16(w) => tile_typed(self, x, k, mr, w, nr),
-            WeightRef::BF16(w) => tile_typed(self, x, k, mr, w, nr),
+            WeightRef::F32(w) => tile_typed(self, x, k, mr, w, k, nr),
+            WeightRef::F16(w) => tile_typed(self, x, k, mr, w, k, nr),
+            WeightRef::BF16(w) => tile_typed(self, x, k, mr, w, k, nr),
         }
+    }
+
+    /// [`Avx2::tile`] against f32 rows `ws` elements apart (the rows of a panel of f32
+    /// weights in the `Streams` layout).
+    pub(super) fn tile_strided(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        w: &[f32],
+        ws: usize,
+        nr: usize,
+    ) -> Tile {
+        tile_typed(self, x, k, mr, w, ws, nr)
     }
 
     /// Dot products of `mr ≤ STREAM_MR` rows of `x` (stride `k`) with the rows of panels
@@ -59,7 +73,7 @@ impl Avx2 {
         out: &mut [f32],
     ) {
         match w {
-            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
+            WeightRef::F32(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
             WeightRef::F16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
             WeightRef::BF16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
         }
@@ -230,25 +244,34 @@ unsafe fn load_partial<W: Load8>(p: *const W, rem: usize) -> __m256 {
     }
 }
 
-fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr: usize) -> Tile {
+/// The `mr × nr` tile of `x` (stride `k`) against `nr` rows of `w` `ws` elements apart.
+fn tile_typed<W: Load8>(
+    _isa: Avx2,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    w: &[W],
+    ws: usize,
+    nr: usize,
+) -> Tile {
     assert!(
         (1..=NR_FOR_MR.len()).contains(&mr) && (1..=MAX_NR).contains(&nr),
         "tile {mr}x{nr}"
     );
     assert!(
-        x.len() >= mr * k && w.len() >= nr * k,
+        x.len() >= mr * k && ws >= k && w.len() >= (nr - 1) * ws + k,
         "tile operands too short"
     );
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
     if nr == NR_FOR_MR[mr - 1] {
-        // SAFETY: `_isa` proves the features; x holds mr rows and w holds nr rows of k elements
-        // (asserted above), which is all each kernel reads.
+        // SAFETY: `_isa` proves the features; x holds mr rows of k elements and w nr rows of
+        // k elements ws apart (asserted above), which is all each kernel reads.
         return unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 8>(xp, wp, k, k)),
-                2 => spread(&kernel::<W, 2, 5>(xp, wp, k, k)),
-                3 => spread(&kernel::<W, 3, 4>(xp, wp, k, k)),
-                _ => spread(&kernel::<W, 4, 3>(xp, wp, k, k)),
+                1 => spread(&kernel::<W, 1, 8>(xp, wp, k, ws)),
+                2 => spread(&kernel::<W, 2, 5>(xp, wp, k, ws)),
+                3 => spread(&kernel::<W, 3, 4>(xp, wp, k, ws)),
+                _ => spread(&kernel::<W, 4, 3>(xp, wp, k, ws)),
             }
         };
     }
@@ -256,13 +279,13 @@ fn tile_typed<W: Load8>(_isa: Avx2, x: &[f32], k: usize, mr: usize, w: &[W], nr:
     // Index loops: `j` addresses a column across the rows of `tile`.
     #[allow(clippy::needless_range_loop)]
     for j in 0..nr {
-        // SAFETY: as above; row j < nr of w starts at j*k and has k elements.
+        // SAFETY: as above; row j < nr of w starts at j*ws and has k elements.
         let col: Tile = unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 1>(xp, wp.add(j * k), k, k)),
-                2 => spread(&kernel::<W, 2, 1>(xp, wp.add(j * k), k, k)),
-                3 => spread(&kernel::<W, 3, 1>(xp, wp.add(j * k), k, k)),
-                _ => spread(&kernel::<W, 4, 1>(xp, wp.add(j * k), k, k)),
+                1 => spread(&kernel::<W, 1, 1>(xp, wp.add(j * ws), k, ws)),
+                2 => spread(&kernel::<W, 2, 1>(xp, wp.add(j * ws), k, ws)),
+                3 => spread(&kernel::<W, 3, 1>(xp, wp.add(j * ws), k, ws)),
+                _ => spread(&kernel::<W, 4, 1>(xp, wp.add(j * ws), k, ws)),
             }
         };
         for i in 0..mr {
