@@ -291,6 +291,9 @@ fn compute_blocks(
         Weights::Rows(w) => m > DECODE_ROWS && !matches!(w, WeightRef::F32(_)),
         Weights::Packed(_) => true,
     };
+    // One pass of x tiles over each block (decode, weights as they are): the weights stream from
+    // memory once; otherwise the block is cached for every x tile after the first.
+    let streamed = !pack && m <= backend.tile_mr();
     PANEL_SCRATCH.with_borrow_mut(|panel| {
         if pack {
             panel.resize(nb.min(cols.len()) * k, 0.0);
@@ -324,7 +327,12 @@ fn compute_blocks(
                     } else {
                         rows - j
                     };
-                    let tile = backend.tile(xs, k, mr, block.slice(j * k..(j + nr) * k), nr);
+                    let ws = block.slice(j * k..(j + nr) * k);
+                    let tile = if streamed {
+                        backend.tile_streamed(xs, k, mr, ws, nr)
+                    } else {
+                        backend.tile(xs, k, mr, ws, nr)
+                    };
                     for (ii, tile_row) in tile.iter().enumerate().take(mr) {
                         for (jj, &v) in tile_row.iter().enumerate().take(nr) {
                             let col = jb + j + jj;

@@ -411,6 +411,22 @@ impl Backend {
         }
     }
 
+    /// [`Backend::tile`] for weights read from memory once, the next tile's rows right after
+    /// these (decode on row-major weights): where the kernel prefetches, it prefetches them.
+    fn tile_streamed(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => {
+                assert!(
+                    (1..=MAX_MR).contains(&mr) && (1..=MAX_NR).contains(&nr),
+                    "tile {mr}x{nr} out of range"
+                );
+                isa.tile_streamed(x, k, mr, w, nr)
+            }
+            _ => self.tile(x, k, mr, w, nr),
+        }
+    }
+
     /// [`Backend::tile`] against f32 rows `ws` elements apart; only where f32 weights are
     /// packed (AVX2, the `Streams` layout).
     fn tile_strided(self, x: &[f32], k: usize, mr: usize, w: &[f32], ws: usize, nr: usize) -> Tile {

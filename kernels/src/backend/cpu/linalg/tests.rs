@@ -406,6 +406,52 @@ fn every_isa() -> Vec<Backend> {
     isas
 }
 
+/// Prefetching is a hint and nothing else: a streamed tile (next tile prefetched) has the bits
+/// of a cached one, and the AVX-512 panel kernel the same bits with its software prefetch on
+/// (Intel) and off (AMD), for every dtype, tile shape and a `k` with a tail.
+#[test]
+fn prefetching_does_not_change_the_bits() {
+    let bits = |t: &Tile| t.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for isa in every_isa() {
+        for dtype in 0..3 {
+            for k in [16, 72] {
+                for mr in 1..=isa.tile_mr() {
+                    let nr = isa.nr_for(mr);
+                    let x = values(11, mr * k);
+                    let w = Weights::new(dtype, &values(12, (nr + 2) * k));
+                    let (cached, streamed) = (
+                        isa.tile(&x, k, mr, w.view(), nr),
+                        isa.tile_streamed(&x, k, mr, w.view(), nr),
+                    );
+                    assert_eq!(
+                        bits(&cached),
+                        bits(&streamed),
+                        "{isa:?} {dtype} {mr}x{nr}x{k}"
+                    );
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(isa) = x86_avx512::Avx512::detect() {
+        let (n, k) = (24, 72);
+        for dtype in 1..3 {
+            let w = Weights::new(dtype, &values(13, n * k));
+            let packed = Packed::new(w.view(), n, k).expect("AVX-512 packs 16-bit weights");
+            for mr in 1..=x86_avx512::PANEL_MR {
+                let x = values(14, mr * k);
+                let [on, off] = [true, false].map(|prefetch| {
+                    let mut out = vec![0.0f32; mr * n];
+                    let isa = Backend::Avx512(isa.with_panel_prefetch(prefetch));
+                    isa.panels(&x, k, mr, &packed, 0..n / packed::PANEL, &mut out);
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                });
+                assert_eq!(on, off, "dtype {dtype}, {mr} rows");
+            }
+        }
+    }
+}
+
 /// Every instruction set this CPU has computes the SiLU activation with the bits of the
 /// portable definition, at every length (vector bodies and tails).
 #[test]

@@ -20,23 +20,57 @@ pub(super) const NR_FOR_MR: [usize; 4] = [8, 8, 7, 6];
 /// weight vector fit in the 32 registers up to 3.
 pub(super) const PANEL_MR: usize = 3;
 
-/// Proof that the CPU has AVX-512 F, BW and VL (only [`Avx512::detect`] makes one).
+/// Proof that the CPU has AVX-512 F, BW and VL (only [`Avx512::detect`] makes one), and how
+/// its decode kernels read.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Avx512(());
+pub(super) struct Avx512 {
+    /// Whether the panel kernel prefetches ahead of its stream in software ([`prefetch_ahead`]).
+    /// Measured best on Intel (Sapphire Rapids); on AMD (Zen 5) the hardware prefetchers do
+    /// better alone: the panel kernel read 1.05–1.10× faster without it (docs/BENCHMARKS.md),
+    /// as Zen 3's stream kernel, which never prefetched, did.
+    panel_prefetch: bool,
+}
 
 impl Avx512 {
     pub(super) fn detect() -> Option<Self> {
         let ok = is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl");
-        ok.then_some(Avx512(()))
+        ok.then(|| Avx512 {
+            panel_prefetch: !is_amd(),
+        })
     }
 
+    /// The same proof with the panel kernel's software prefetch on or off (tests compare both).
+    #[cfg(test)]
+    pub(super) fn with_panel_prefetch(self, on: bool) -> Self {
+        Avx512 { panel_prefetch: on }
+    }
+
+    /// A tile whose weights are cached (a block that every x tile passes over, or data the
+    /// caller just wrote): no prefetch.
     pub(super) fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
         match w {
-            WeightRef::F32(w) => tile_typed(self, x, k, mr, w, nr),
-            WeightRef::F16(w) => tile_typed(self, x, k, mr, w, nr),
-            WeightRef::BF16(w) => tile_typed(self, x, k, mr, w, nr),
+            WeightRef::F32(w) => tile_typed::<_, false>(self, x, k, mr, w, nr),
+            WeightRef::F16(w) => tile_typed::<_, false>(self, x, k, mr, w, nr),
+            WeightRef::BF16(w) => tile_typed::<_, false>(self, x, k, mr, w, nr),
+        }
+    }
+
+    /// A tile whose weights come from memory once, the next tile's rows after them (decode on
+    /// row-major weights): the rows of the next tile are prefetched into L2 as these are read.
+    pub(super) fn tile_streamed(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        w: WeightRef<'_>,
+        nr: usize,
+    ) -> Tile {
+        match w {
+            WeightRef::F32(w) => tile_typed::<_, true>(self, x, k, mr, w, nr),
+            WeightRef::F16(w) => tile_typed::<_, true>(self, x, k, mr, w, nr),
+            WeightRef::BF16(w) => tile_typed::<_, true>(self, x, k, mr, w, nr),
         }
     }
 
@@ -185,7 +219,14 @@ impl Load16 for bf16 {
     }
 }
 
-fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], nr: usize) -> Tile {
+fn tile_typed<W: Load16, const PREFETCH: bool>(
+    _isa: Avx512,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    w: &[W],
+    nr: usize,
+) -> Tile {
     assert!(
         (1..=NR_FOR_MR.len()).contains(&mr) && (1..=MAX_NR).contains(&nr),
         "tile {mr}x{nr}"
@@ -200,10 +241,10 @@ fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], 
         // k elements (asserted above), which is all each kernel reads.
         return unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 8>(xp, wp, k)),
-                2 => spread(&kernel::<W, 2, 8>(xp, wp, k)),
-                3 => spread(&kernel::<W, 3, 7>(xp, wp, k)),
-                _ => spread(&kernel::<W, 4, 6>(xp, wp, k)),
+                1 => spread(&kernel::<W, 1, 8, PREFETCH>(xp, wp, k)),
+                2 => spread(&kernel::<W, 2, 8, PREFETCH>(xp, wp, k)),
+                3 => spread(&kernel::<W, 3, 7, PREFETCH>(xp, wp, k)),
+                _ => spread(&kernel::<W, 4, 6, PREFETCH>(xp, wp, k)),
             }
         };
     }
@@ -214,10 +255,10 @@ fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], 
         // SAFETY: as above; row j < nr of w starts at j*k and has k elements.
         let col: Tile = unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 1>(xp, wp.add(j * k), k)),
-                2 => spread(&kernel::<W, 2, 1>(xp, wp.add(j * k), k)),
-                3 => spread(&kernel::<W, 3, 1>(xp, wp.add(j * k), k)),
-                _ => spread(&kernel::<W, 4, 1>(xp, wp.add(j * k), k)),
+                1 => spread(&kernel::<W, 1, 1, PREFETCH>(xp, wp.add(j * k), k)),
+                2 => spread(&kernel::<W, 2, 1, PREFETCH>(xp, wp.add(j * k), k)),
+                3 => spread(&kernel::<W, 3, 1, PREFETCH>(xp, wp.add(j * k), k)),
+                _ => spread(&kernel::<W, 4, 1, PREFETCH>(xp, wp.add(j * k), k)),
             }
         };
         for i in 0..mr {
@@ -228,7 +269,7 @@ fn tile_typed<W: Load16>(_isa: Avx512, x: &[f32], k: usize, mr: usize, w: &[W], 
 }
 
 fn panels_typed<W: Load16>(
-    _isa: Avx512,
+    isa: Avx512,
     x: &[f32],
     k: usize,
     mr: usize,
@@ -244,13 +285,16 @@ fn panels_typed<W: Load16>(
         "panel operands too short"
     );
     let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
-    // SAFETY: `_isa` proves the features; x holds mr rows of k elements, `panels` count panels
+    // SAFETY: `isa` proves the features; x holds mr rows of k elements, `panels` count panels
     // of PANEL rows of padded_k(k), `out` mr rows of count·PANEL results (asserted above).
     unsafe {
-        match mr {
-            1 => panels_kernel::<W, 1>(xp, wp, k, count, op),
-            2 => panels_kernel::<W, 2>(xp, wp, k, count, op),
-            _ => panels_kernel::<W, 3>(xp, wp, k, count, op),
+        match (mr, isa.panel_prefetch) {
+            (1, true) => panels_kernel::<W, 1, true>(xp, wp, k, count, op),
+            (2, true) => panels_kernel::<W, 2, true>(xp, wp, k, count, op),
+            (_, true) => panels_kernel::<W, 3, true>(xp, wp, k, count, op),
+            (1, false) => panels_kernel::<W, 1, false>(xp, wp, k, count, op),
+            (2, false) => panels_kernel::<W, 2, false>(xp, wp, k, count, op),
+            (_, false) => panels_kernel::<W, 3, false>(xp, wp, k, count, op),
         }
     }
 }
@@ -262,7 +306,7 @@ fn panels_typed<W: Load16>(
 /// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads, `w` for `count*PANEL*padded_k(k)` reads,
 /// `out` for `MR*count*PANEL` writes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn panels_kernel<W: Load16, const MR: usize>(
+unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: bool>(
     x: *const f32,
     w: *const W,
     k: usize,
@@ -272,7 +316,7 @@ unsafe fn panels_kernel<W: Load16, const MR: usize>(
     let per_panel = PANEL * padded_k(k);
     for q in 0..count {
         // SAFETY: panel q is inside `w` (caller contract).
-        let tile = unsafe { panel_kernel::<W, MR>(x, w.add(q * per_panel), k) };
+        let tile = unsafe { panel_kernel::<W, MR, PREFETCH>(x, w.add(q * per_panel), k) };
         for (i, row) in tile.iter().enumerate() {
             for (r, &v) in row.iter().enumerate() {
                 // SAFETY: i < MR and q * PANEL + r < count * PANEL (caller contract).
@@ -307,7 +351,7 @@ fn prefetch_ahead(at: *const i8, bytes: usize) {
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn panel_kernel<W: Load16, const MR: usize>(
+unsafe fn panel_kernel<W: Load16, const MR: usize, const PREFETCH: bool>(
     x: *const f32,
     w: *const W,
     k: usize,
@@ -317,7 +361,9 @@ unsafe fn panel_kernel<W: Load16, const MR: usize>(
     for c in 0..k.div_ceil(LANES) {
         let off = c * LANES;
         let p = w.wrapping_add(c * PANEL * LANES);
-        prefetch_ahead(p.cast(), chunk_bytes);
+        if PREFETCH {
+            prefetch_ahead(p.cast(), chunk_bytes);
+        }
         let mut xv = [_mm512_setzero_ps(); MR];
         if off + LANES <= k {
             for (i, v) in xv.iter_mut().enumerate() {
@@ -343,6 +389,12 @@ unsafe fn panel_kernel<W: Load16, const MR: usize>(
     hsum_tile(acc)
 }
 
+/// Whether the CPU is AMD's (CPUID vendor `AuthenticAMD`).
+fn is_amd() -> bool {
+    let id = __cpuid(0);
+    [id.ebx, id.edx, id.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
+}
+
 /// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
 #[inline]
 fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
@@ -362,24 +414,29 @@ fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn kernel<W: Load16, const MR: usize, const NR: usize>(
+unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: bool>(
     x: *const f32,
     w: *const W,
     k: usize,
 ) -> [[f32; NR]; MR] {
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     let full = k / LANES;
-    // The rows of the next tile follow these in memory; prefetching them into L2 linearly, at
-    // the rate this tile consumes its own rows, keeps DRAM busy across short (2 KiB) rows that
-    // the hardware streamer would otherwise have to re-detect for every tile.
+    // With PREFETCH (weights streamed from memory once): the rows of the next tile follow
+    // these in memory; prefetching them into L2 linearly, at the rate this tile consumes its own
+    // rows, keeps DRAM busy across short (2 KiB) rows that the hardware streamer would otherwise
+    // have to re-detect for every tile (row-major f16 decode on Zen 5: 25.7 against 17.5 GiB/s
+    // without). Over a cached block the same prefetches only take load slots: the prefill
+    // matmul ran 1.11–1.19× faster without them there.
     let chunk_bytes = NR * LANES * size_of::<W>();
     let next_tile = w.cast::<i8>().wrapping_add(NR * k * size_of::<W>());
     for c in 0..full {
         let off = c * LANES;
-        let pf = next_tile.wrapping_add(c * chunk_bytes);
-        for line in (0..chunk_bytes).step_by(64) {
-            // A prefetch never faults, so running past the matrix end is harmless.
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(line));
+        if PREFETCH {
+            let pf = next_tile.wrapping_add(c * chunk_bytes);
+            for line in (0..chunk_bytes).step_by(64) {
+                // A prefetch never faults, so running past the matrix end is harmless.
+                _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(line));
+            }
         }
         let mut xv = [_mm512_setzero_ps(); MR];
         for (i, v) in xv.iter_mut().enumerate() {
