@@ -90,8 +90,8 @@ pub enum CpuWeights {
     F32(Slab<f32>),
     F16(Slab<f16>),
     BF16(Slab<bf16>),
-    /// Repacked for the decode kernel (see `linalg::Packed`): f16/bf16 where the CPU has a
-    /// packed-weight kernel, f32 too with AVX2.
+    /// Repacked for the decode kernel (see `linalg::Packed`): every dtype where the CPU has a
+    /// packed-weight kernel (AVX2, AVX-512).
     Packed(linalg::Packed),
 }
 

@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::packed::{PANEL, Packed, unpack_rows};
+use super::packed::{CHUNK, PANEL, Packed, padded_k, unpack_rows};
 use super::{Backend, MAX_PANEL_MR, WeightRef};
 
 /// The weights of one product.
@@ -278,6 +278,9 @@ fn compute_blocks(
     out: SharedOut,
     cols: Range<usize>,
 ) {
+    if m > backend.tile_mr() && backend.prefill_panels() {
+        return compute_panel_blocks(backend, x, m, k, w, bias, out, cols);
+    }
     if let Weights::Packed(p) = w
         && let WeightRef::F32(all) = p.all()
     {
@@ -348,6 +351,109 @@ fn compute_blocks(
             jb = je;
         }
     });
+}
+
+/// [`compute_blocks`] for many rows of `x` on the panel kernel: each L2-sized block of `cols`
+/// is widened into f32 panels (the `Panels` layout: 8 rows, their 16-element chunks
+/// interleaved, `k` zero-padded to whole chunks) and every `x` tile of up to `panel_mr()` rows
+/// runs over it; a tile's 8 weight rows are one sequential stream instead of 8 rows a row
+/// apart. The bits are the row-major tile's (the panel kernel's order is the canonical one).
+#[allow(clippy::too_many_arguments)]
+fn compute_panel_blocks(
+    backend: Backend,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Weights<'_>,
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    cols: Range<usize>,
+) {
+    debug_assert!(cols.start.is_multiple_of(PANEL), "blocks start on a panel");
+    let (nb, kp) = (block_rows(k), padded_k(k));
+    let per_panel = PANEL * kp;
+    let mut results = [0.0f32; MAX_PANEL_MR * PANELS_PER_CALL * PANEL];
+    PANEL_SCRATCH.with_borrow_mut(|scratch| {
+        let mut row = Vec::new();
+        let mut jb = cols.start;
+        while jb < cols.end {
+            let je = (jb + nb).min(cols.end);
+            let count = (je - jb).div_ceil(PANEL);
+            let first = jb / PANEL;
+            let panels: &[f32] = match w {
+                Weights::Packed(p) => match p.panels(first..first + count) {
+                    // f32 panels: nothing to widen, the tiles read them where they are.
+                    WeightRef::F32(f) => f,
+                    // Already interleaved: widening the panels in order lays out f32 panels.
+                    halves => {
+                        scratch.resize(count * per_panel, 0.0);
+                        backend.convert(halves, scratch);
+                        scratch
+                    }
+                },
+                Weights::Rows(w) => {
+                    scratch.resize(count * per_panel, 0.0);
+                    interleave_rows(backend, w, k, jb..je, scratch, &mut row);
+                    scratch
+                }
+            };
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(backend.panel_mr());
+                let xs = &x[i * k..(i + mr) * k];
+                let mut q = 0;
+                while q < count {
+                    let c = (count - q).min(PANELS_PER_CALL);
+                    let width = c * PANEL;
+                    let ws = &panels[q * per_panel..(q + c) * per_panel];
+                    backend.panels_f32(xs, k, mr, ws, c, &mut results);
+                    for ii in 0..mr {
+                        for (jj, &v) in results[ii * width..(ii + 1) * width].iter().enumerate() {
+                            let col = jb + q * PANEL + jj;
+                            if col >= je {
+                                break;
+                            }
+                            // SAFETY: i + ii < m and col < je ≤ n; col lies in this call's
+                            // `cols`, which no other thread writes.
+                            unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
+                        }
+                    }
+                    q += c;
+                }
+                i += mr;
+            }
+            jb = je;
+        }
+    });
+}
+
+/// Lays out rows `rows` of row-major `w` (`[n, k]`) as f32 panels in `dst` (whole panels: rows
+/// past the end and `k` up to whole chunks are zeros), each row widened through `row`.
+fn interleave_rows(
+    backend: Backend,
+    w: WeightRef<'_>,
+    k: usize,
+    rows: Range<usize>,
+    dst: &mut [f32],
+    row: &mut Vec<f32>,
+) {
+    let kp = padded_k(k);
+    row.resize(k, 0.0);
+    for (i, j) in (rows.start..rows.start + dst.len() / kp).enumerate() {
+        if j < rows.end {
+            backend.convert(w.slice(j * k..(j + 1) * k), row);
+        } else {
+            row.fill(0.0);
+        }
+        // Row i of its panel: chunk c at the panel's chunk c · PANEL + i % PANEL.
+        let (base, lane) = ((i / PANEL) * PANEL * kp, (i % PANEL) * CHUNK);
+        for c in 0..kp / CHUNK {
+            let at = base + c * PANEL * CHUNK + lane;
+            let (from, to) = (c * CHUNK, ((c + 1) * CHUNK).min(k));
+            dst[at..at + to - from].copy_from_slice(&row[from..to]);
+            dst[at + to - from..at + CHUNK].fill(0.0);
+        }
+    }
 }
 
 /// [`compute_blocks`] for f32 weights packed as streams: no widening to do, so the tiles read

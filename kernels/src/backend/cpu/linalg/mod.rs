@@ -433,7 +433,7 @@ impl Backend {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(isa) => isa.tile_strided(x, k, mr, w, ws, nr),
-            _ => unreachable!("no strided tile for {self:?}: f32 is packed only as streams"),
+            _ => unreachable!("no strided tile for {self:?}: only AVX2 packs f32 as streams"),
         }
     }
 
@@ -546,6 +546,36 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(isa) => isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out),
             _ => unreachable!("no packed-weight kernel for {self:?}: Packed::new refuses to pack"),
+        }
+    }
+
+    /// Whether products of more than `tile_mr()` rows run on f32 panels (the `Panels` layout,
+    /// widened per cache block) through the panel kernel: the weight rows of a tile are then
+    /// one sequential stream from L2.
+    fn prefill_panels(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Backend::Avx512(_) = self {
+            return true;
+        }
+        false
+    }
+
+    /// [`Backend::panels`] on `count` f32 panels (the `Panels` layout) in `panels`, in cache
+    /// (a block of prefill: nothing is prefetched).
+    #[allow(clippy::too_many_arguments)]
+    fn panels_f32(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        panels: &[f32],
+        count: usize,
+        out: &mut [f32],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.panels_cached(x, k, mr, panels, count, out),
+            _ => unreachable!("no f32 panel kernel for {self:?}"),
         }
     }
 

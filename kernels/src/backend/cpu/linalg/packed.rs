@@ -1,9 +1,11 @@
-//! f16/bf16 weights repacked for decode, in one of two layouts, whichever the process's decode
-//! kernel reads best (the instruction set decides; docs/BENCHMARKS.md has the figures):
+//! Weights (f32, f16, bf16) repacked for decode, in one of two layouts, whichever the process's
+//! decode kernel reads best (the instruction set decides; docs/BENCHMARKS.md has the figures):
 //!
 //! - **Panels** (AVX-512): panels of [`PANEL`] weight rows whose chunks `C` ([`CHUNK`], one
 //!   vector) are interleaved, so the decode kernel reads one sequential stream per panel,
-//!   with software prefetch ahead of it. A 16-bit weight is half the bytes of an f32 one but
+//!   with software prefetch ahead of it on Intel. Prefill widens a block of panels in order
+//!   into f32 panels (f32 ones are read in place) and runs the same kernel over it, so a
+//!   tile's weight rows are one stream from L2 there too. A 16-bit weight is half the bytes of an f32 one but
 //!   costs the same instructions per element, so with a row-major matrix the core's
 //!   out-of-order window covers half as many bytes of the eight row streams, and the
 //!   hardware prefetchers of a Sapphire Rapids core fell behind. `n` is padded with zero
@@ -37,10 +39,9 @@ pub const PANEL: usize = 8;
 /// Elements per interleaved chunk of the [`Layout::Panels`] layout: one AVX-512 vector.
 pub const CHUNK: usize = 16;
 
-/// Packed 16-bit weights.
+/// Packed weights, in their dtype.
 #[derive(Debug)]
 pub(super) enum PackedData {
-    /// f32 (the [`Layout::Streams`] layout only).
     F32(Slab<f32>),
     F16(Slab<f16>),
     BF16(Slab<bf16>),
@@ -80,7 +81,6 @@ impl Packed {
         let layout = super::backend().pack_layout()?;
         assert_eq!(w.len(), n * k, "Packed::new: w is not [n, k]");
         let data = match w {
-            WeightRef::F32(_) if layout == Layout::Panels => return None,
             WeightRef::F32(w) => PackedData::F32(pack(arena, layout, w, n, k)),
             WeightRef::F16(w) => PackedData::F16(pack(arena, layout, w, n, k)),
             WeightRef::BF16(w) => PackedData::BF16(pack(arena, layout, w, n, k)),
@@ -159,7 +159,7 @@ impl Packed {
         let per = PANEL * padded_k(self.k);
         let range = panels.start * per..panels.end * per;
         match &self.data {
-            PackedData::F32(_) => unreachable!("f32 is never packed in panels"),
+            PackedData::F32(w) => WeightRef::F32(&w[range]),
             PackedData::F16(w) => WeightRef::F16(&w[range]),
             PackedData::BF16(w) => WeightRef::BF16(&w[range]),
         }

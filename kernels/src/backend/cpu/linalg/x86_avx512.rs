@@ -86,18 +86,32 @@ impl Avx512 {
         count: usize,
         out: &mut [f32],
     ) {
+        let prefetch = self.panel_prefetch;
         match panels {
-            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
-            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out),
-            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out),
+            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
+            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
+            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
         }
+    }
+
+    /// [`Avx512::panels`] on f32 panels in cache (a widened block of prefill): no prefetch.
+    pub(super) fn panels_cached(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        panels: &[f32],
+        count: usize,
+        out: &mut [f32],
+    ) {
+        panels_typed(self, x, k, mr, panels, count, out, false)
     }
 
     /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
     /// `dst` (`rows · k` elements).
     pub(super) fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
         match src {
-            WeightRef::F32(_) => unreachable!("f32 weights are never packed"),
+            WeightRef::F32(s) => unpack_typed(self, s, k, rows, dst),
             WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
             WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
         }
@@ -268,14 +282,16 @@ fn tile_typed<W: Load16, const PREFETCH: bool>(
     tile
 }
 
+#[allow(clippy::too_many_arguments)]
 fn panels_typed<W: Load16>(
-    isa: Avx512,
+    _isa: Avx512,
     x: &[f32],
     k: usize,
     mr: usize,
     panels: &[W],
     count: usize,
     out: &mut [f32],
+    prefetch: bool,
 ) {
     assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
     assert!(
@@ -285,10 +301,10 @@ fn panels_typed<W: Load16>(
         "panel operands too short"
     );
     let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
-    // SAFETY: `isa` proves the features; x holds mr rows of k elements, `panels` count panels
+    // SAFETY: `_isa` proves the features; x holds mr rows of k elements, `panels` count panels
     // of PANEL rows of padded_k(k), `out` mr rows of count·PANEL results (asserted above).
     unsafe {
-        match (mr, isa.panel_prefetch) {
+        match (mr, prefetch) {
             (1, true) => panels_kernel::<W, 1, true>(xp, wp, k, count, op),
             (2, true) => panels_kernel::<W, 2, true>(xp, wp, k, count, op),
             (_, true) => panels_kernel::<W, 3, true>(xp, wp, k, count, op),
