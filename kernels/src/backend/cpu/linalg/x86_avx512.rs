@@ -26,7 +26,7 @@ pub(super) const PANEL_MR: usize = 3;
 pub(super) struct Avx512 {
     /// Whether the panel kernel prefetches ahead of its stream in software ([`prefetch_ahead`]).
     /// Measured best on Intel (Sapphire Rapids); on AMD (Zen 5) the hardware prefetchers do
-    /// better alone: the panel kernel read 1.05–1.10× faster without it (docs/BENCHMARKS.md),
+    /// better alone: the panel kernel read 1.06–1.15× faster without it (docs/BENCHMARKS.md),
     /// as Zen 3's stream kernel, which never prefetched, did.
     panel_prefetch: bool,
 }
