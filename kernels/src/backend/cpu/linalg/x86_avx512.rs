@@ -24,11 +24,30 @@ pub(super) const PANEL_MR: usize = 3;
 /// its decode kernels read.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Avx512 {
-    /// Whether the panel kernel prefetches ahead of its stream in software ([`prefetch_ahead`]).
-    /// Measured best on Intel (Sapphire Rapids); on AMD (Zen 5) the hardware prefetchers do
-    /// better alone: the panel kernel read 1.06–1.15× faster without it (docs/BENCHMARKS.md),
-    /// as Zen 3's stream kernel, which never prefetched, did.
-    panel_prefetch: bool,
+    /// How the panel kernel prefetches ahead of its stream when decoding (by CPU vendor).
+    panel_prefetch: Prefetch,
+}
+
+/// Software prefetch of the panel kernel ahead of its stream ([`prefetch_ahead`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Prefetch {
+    /// None: the panels are in cache (a widened block of prefill).
+    Off,
+    /// `prefetcht0` 4 KiB and `prefetcht1` 32 KiB ahead of every line: measured best on
+    /// Intel (Sapphire Rapids).
+    Intel,
+    /// `prefetchw` 4 KiB ahead of every line, for 16-bit panels. On AMD (Zen 5)
+    /// `prefetcht0`/`t1`/`t2`/`nta` at every distance tried were slower than no prefetch at
+    /// all, and `prefetchw` 4 KiB ahead 1.05–1.16× faster than none for f16 (f32 panels read
+    /// best with none; docs/BENCHMARKS.md). The weights are never written: the lines are only
+    /// fetched for ownership, and each thread reads its own share.
+    Amd,
+}
+
+impl Prefetch {
+    /// Every policy, for tests.
+    #[cfg(test)]
+    pub(super) const ALL: [Prefetch; 3] = [Prefetch::Off, Prefetch::Intel, Prefetch::Amd];
 }
 
 impl Avx512 {
@@ -37,14 +56,18 @@ impl Avx512 {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl");
         ok.then(|| Avx512 {
-            panel_prefetch: !is_amd(),
+            panel_prefetch: if is_amd() {
+                Prefetch::Amd
+            } else {
+                Prefetch::Intel
+            },
         })
     }
 
-    /// The same proof with the panel kernel's software prefetch on or off (tests compare both).
+    /// The same proof with another panel prefetch (tests compare them).
     #[cfg(test)]
-    pub(super) fn with_panel_prefetch(self, on: bool) -> Self {
-        Avx512 { panel_prefetch: on }
+    pub(super) fn with_panel_prefetch(self, panel_prefetch: Prefetch) -> Self {
+        Avx512 { panel_prefetch }
     }
 
     /// A tile whose weights are cached (a block that every x tile passes over, or data the
@@ -88,6 +111,12 @@ impl Avx512 {
     ) {
         let prefetch = self.panel_prefetch;
         match panels {
+            // On AMD f32 panels read best with none: 0.96–0.98 of the ceiling against 0.89–0.92
+            // with `prefetchw` (Zen 5); an f32 FMA takes its weights from memory itself, so the
+            // out-of-order window already covers twice the bytes per instruction of f16.
+            WeightRef::F32(p) if prefetch == Prefetch::Amd => {
+                panels_typed(self, x, k, mr, p, count, out, Prefetch::Off)
+            }
             WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
             WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
             WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
@@ -104,7 +133,7 @@ impl Avx512 {
         count: usize,
         out: &mut [f32],
     ) {
-        panels_typed(self, x, k, mr, panels, count, out, false)
+        panels_typed(self, x, k, mr, panels, count, out, Prefetch::Off)
     }
 
     /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
@@ -291,7 +320,7 @@ fn panels_typed<W: Load16>(
     panels: &[W],
     count: usize,
     out: &mut [f32],
-    prefetch: bool,
+    prefetch: Prefetch,
 ) {
     assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
     assert!(
@@ -304,13 +333,19 @@ fn panels_typed<W: Load16>(
     // SAFETY: `_isa` proves the features; x holds mr rows of k elements, `panels` count panels
     // of PANEL rows of padded_k(k), `out` mr rows of count·PANEL results (asserted above).
     unsafe {
+        const OFF: u8 = Prefetch::Off as u8;
+        const INTEL: u8 = Prefetch::Intel as u8;
+        const AMD: u8 = Prefetch::Amd as u8;
         match (mr, prefetch) {
-            (1, true) => panels_kernel::<W, 1, true>(xp, wp, k, count, op),
-            (2, true) => panels_kernel::<W, 2, true>(xp, wp, k, count, op),
-            (_, true) => panels_kernel::<W, 3, true>(xp, wp, k, count, op),
-            (1, false) => panels_kernel::<W, 1, false>(xp, wp, k, count, op),
-            (2, false) => panels_kernel::<W, 2, false>(xp, wp, k, count, op),
-            (_, false) => panels_kernel::<W, 3, false>(xp, wp, k, count, op),
+            (1, Prefetch::Off) => panels_kernel::<W, 1, OFF>(xp, wp, k, count, op),
+            (2, Prefetch::Off) => panels_kernel::<W, 2, OFF>(xp, wp, k, count, op),
+            (_, Prefetch::Off) => panels_kernel::<W, 3, OFF>(xp, wp, k, count, op),
+            (1, Prefetch::Intel) => panels_kernel::<W, 1, INTEL>(xp, wp, k, count, op),
+            (2, Prefetch::Intel) => panels_kernel::<W, 2, INTEL>(xp, wp, k, count, op),
+            (_, Prefetch::Intel) => panels_kernel::<W, 3, INTEL>(xp, wp, k, count, op),
+            (1, Prefetch::Amd) => panels_kernel::<W, 1, AMD>(xp, wp, k, count, op),
+            (2, Prefetch::Amd) => panels_kernel::<W, 2, AMD>(xp, wp, k, count, op),
+            (_, Prefetch::Amd) => panels_kernel::<W, 3, AMD>(xp, wp, k, count, op),
         }
     }
 }
@@ -322,7 +357,7 @@ fn panels_typed<W: Load16>(
 /// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads, `w` for `count*PANEL*padded_k(k)` reads,
 /// `out` for `MR*count*PANEL` writes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: bool>(
+unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
     x: *const f32,
     w: *const W,
     k: usize,
@@ -342,10 +377,25 @@ unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: bool>(
     }
 }
 
-/// Bytes ahead of the read position prefetched into L1 and into L2 by the panel kernel: far
-/// enough to cover the memory latency at full bandwidth, measured best on this machine.
+/// Bytes ahead of the read position prefetched into L1 and into L2 by the panel kernel on
+/// Intel ([`Prefetch::Intel`]): far enough to cover the memory latency at full bandwidth,
+/// measured best on Sapphire Rapids.
 const PANEL_PREFETCH_L1: usize = 4096;
 const PANEL_PREFETCH_L2: usize = 32768;
+
+/// Bytes ahead of the read position prefetched for ownership on AMD ([`Prefetch::Amd`]):
+/// measured best on Zen 5 (2 KiB and 8 KiB no better).
+const PANEL_PREFETCH_W: usize = 4096;
+
+/// [`Prefetch::Amd`]: `prefetchw` [`PANEL_PREFETCH_W`] ahead of each line of the `bytes` at
+/// `at`. A prefetch never faults, so running past the end of the data is harmless.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn prefetch_ahead_w(at: *const i8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_ET0>(at.wrapping_add(PANEL_PREFETCH_W + line));
+    }
+}
 
 /// Prefetches the `bytes` (a multiple of a cache line) starting at `at` as the decode stream
 /// will read them: [`PANEL_PREFETCH_L1`] ahead into L1 and [`PANEL_PREFETCH_L2`] ahead into L2.
@@ -367,7 +417,7 @@ fn prefetch_ahead(at: *const i8, bytes: usize) {
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn panel_kernel<W: Load16, const MR: usize, const PREFETCH: bool>(
+unsafe fn panel_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
     x: *const f32,
     w: *const W,
     k: usize,
@@ -377,8 +427,10 @@ unsafe fn panel_kernel<W: Load16, const MR: usize, const PREFETCH: bool>(
     for c in 0..k.div_ceil(LANES) {
         let off = c * LANES;
         let p = w.wrapping_add(c * PANEL * LANES);
-        if PREFETCH {
+        if PREFETCH == Prefetch::Intel as u8 {
             prefetch_ahead(p.cast(), chunk_bytes);
+        } else if PREFETCH == Prefetch::Amd as u8 {
+            prefetch_ahead_w(p.cast(), chunk_bytes);
         }
         let mut xv = [_mm512_setzero_ps(); MR];
         if off + LANES <= k {
