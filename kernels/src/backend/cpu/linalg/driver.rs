@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::packed::{CHUNK, PANEL, Packed, padded_k, unpack_rows};
+use super::packed::{CHUNK, Layout, PANEL, Packed, padded_k, unpack_rows};
 use super::{Backend, MAX_PANEL_MR, WeightRef};
 
 /// The weights of one product.
@@ -278,7 +278,9 @@ fn compute_blocks(
     out: SharedOut,
     cols: Range<usize>,
 ) {
-    if m > backend.tile_mr() && backend.prefill_panels() {
+    // Where weights are packed as panels, many rows of x run on panels too (the panel kernel
+    // streams a tile's weight rows from L2 as one sequence).
+    if m > backend.tile_mr() && backend.pack_layout() == Some(Layout::Panels) {
         return compute_panel_blocks(backend, x, m, k, w, bias, out, cols);
     }
     if let Weights::Packed(p) = w

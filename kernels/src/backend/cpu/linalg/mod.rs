@@ -549,17 +549,6 @@ impl Backend {
         }
     }
 
-    /// Whether products of more than `tile_mr()` rows run on f32 panels (the `Panels` layout,
-    /// widened per cache block) through the panel kernel: the weight rows of a tile are then
-    /// one sequential stream from L2.
-    fn prefill_panels(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if let Backend::Avx512(_) = self {
-            return true;
-        }
-        false
-    }
-
     /// [`Backend::panels`] on `count` f32 panels (the `Panels` layout) in `panels`, in cache
     /// (a block of prefill: nothing is prefetched).
     #[allow(clippy::too_many_arguments)]

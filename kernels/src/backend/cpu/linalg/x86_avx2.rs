@@ -1,6 +1,9 @@
 //! AVX2 + FMA + F16C kernels (8 f32 lanes), for x86-64 CPUs without AVX-512. The same register
 //! micro-kernel as `x86_avx512.rs`; partial chunks are copied into a zeroed stack buffer.
 
+mod attention;
+mod probe;
+
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -8,6 +11,9 @@ use half::{bf16, f16};
 
 use super::packed::PANEL;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
+use attention::{scaled_dots_kernel, weighted_rows_kernel};
+pub(super) use probe::FMA_CHAINS;
+use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 8;
@@ -341,21 +347,6 @@ fn streams_typed<W: Load8>(
     }
 }
 
-/// Bytes ahead of the read position that [`ReadPattern::Prefetched`] probes prefetch.
-///
-/// [`ReadPattern::Prefetched`]: super::bandwidth::ReadPattern::Prefetched
-const PROBE_PREFETCH: usize = 1024;
-
-/// Prefetches the `bytes` (a multiple of a cache line) starting at `at`, [`PROBE_PREFETCH`]
-/// ahead. A prefetch never faults, so running past the end of the data is harmless.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch_ahead(at: *const i8, bytes: usize) {
-    for line in (0..bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PROBE_PREFETCH + line));
-    }
-}
-
 /// Copies an `MR×NR` result into the top-left corner of a [`Tile`].
 #[inline]
 fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
@@ -588,161 +579,6 @@ unsafe fn axpy_rows_kernel(alphas: &[f32], v: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `out[i·stride + j] = dot(x_i, w_j)·scale`: tiles of eight accumulators (4×2, 2×4 or 1×8,
-/// one reduction each), each result stored where it belongs.
-///
-/// # Safety
-/// AVX2/FMA/F16C present; `x` holds `m` rows and `w` `n` rows of `k`; `out` is valid for
-/// `(m - 1)·stride + n` writes.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scaled_dots_kernel(
-    x: *const f32,
-    m: usize,
-    k: usize,
-    w: *const f32,
-    n: usize,
-    scale: f32,
-    out: *mut f32,
-    stride: usize,
-) {
-    let mut i = 0;
-    while i < m {
-        let mr = (m - i).min(4);
-        let mut j = 0;
-        while j < n {
-            macro_rules! put {
-                ($mr:literal, $nr:literal) => {{
-                    // SAFETY: rows i..i + $mr of x and j..j + $nr of w exist; the writes land
-                    // at (i + ii)·stride + j + jj < (m - 1)·stride + n.
-                    unsafe {
-                        let r = kernel::<f32, $mr, $nr>(x.add(i * k), w.add(j * k), k, k);
-                        for (ii, row) in r.iter().enumerate() {
-                            for (jj, &v) in row.iter().enumerate() {
-                                *out.add((i + ii) * stride + j + jj) = v * scale;
-                            }
-                        }
-                    }
-                    j += $nr;
-                }};
-            }
-            match (mr, n - j) {
-                (4, r) if r >= 2 => put!(4, 2),
-                (4, _) => put!(4, 1),
-                (3, r) if r >= 2 => put!(3, 2),
-                (3, _) => put!(3, 1),
-                (2, r) if r >= 4 => put!(2, 4),
-                (2, _) => put!(2, 1),
-                (_, r) if r >= 8 => put!(1, 8),
-                (_, r) if r >= 4 => put!(1, 4),
-                _ => put!(1, 1),
-            }
-        }
-        i += mr;
-    }
-}
-
-/// `out_i = fma(p[i·stride + t], v_t, out_i)` for `t` in order, per row `i`: the bits of
-/// [`axpy_rows_kernel`] on each row, with every row of `v` loaded once for up to four rows of
-/// `out` (tiles of 4 rows × 16 lanes in registers).
-///
-/// # Safety
-/// AVX2/FMA/F16C present; `p` is valid for `(m - 1)·stride + n` reads, `v` holds `n` rows and
-/// `out` `m` rows of `k`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_rows_kernel(
-    p: *const f32,
-    stride: usize,
-    m: usize,
-    v: *const f32,
-    n: usize,
-    k: usize,
-    out: *mut f32,
-) {
-    let full = k / LANES;
-    let mut i = 0;
-    while i < m {
-        let mr = (m - i).min(4);
-        let (pi, oi) = (p.wrapping_add(i * stride), out.wrapping_add(i * k));
-        let mut c = 0;
-        while c < full {
-            let off = c * LANES;
-            let chunks = (full - c).min(2);
-            // SAFETY: rows i..i + mr of out and p, chunks c..c + chunks of every row of v and
-            // out: all inside the operands.
-            unsafe {
-                match (mr, chunks) {
-                    (4, 2) => weighted_tile::<4, 2>(pi, stride, v, n, k, oi, off),
-                    (4, _) => weighted_tile::<4, 1>(pi, stride, v, n, k, oi, off),
-                    (3, 2) => weighted_tile::<3, 2>(pi, stride, v, n, k, oi, off),
-                    (3, _) => weighted_tile::<3, 1>(pi, stride, v, n, k, oi, off),
-                    (2, 2) => weighted_tile::<2, 2>(pi, stride, v, n, k, oi, off),
-                    (2, _) => weighted_tile::<2, 1>(pi, stride, v, n, k, oi, off),
-                    (_, 2) => weighted_tile::<1, 2>(pi, stride, v, n, k, oi, off),
-                    _ => weighted_tile::<1, 1>(pi, stride, v, n, k, oi, off),
-                }
-            }
-            c += chunks;
-        }
-        for ii in 0..mr {
-            for l in full * LANES..k {
-                // SAFETY: as above, element l < k of row i + ii.
-                unsafe {
-                    let y = &mut *oi.add(ii * k + l);
-                    for t in 0..n {
-                        *y = (*pi.add(ii * stride + t)).mul_add(*v.add(t * k + l), *y);
-                    }
-                }
-            }
-        }
-        i += mr;
-    }
-}
-
-/// `MR` rows of `out`, `C` vectors from `off`, through all `n` rows of `v`.
-///
-/// # Safety
-/// As [`weighted_rows_kernel`], with `off + 8·C ≤ k` and `MR` rows of `p` and `out` at the
-/// pointers given.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_tile<const MR: usize, const C: usize>(
-    p: *const f32,
-    stride: usize,
-    v: *const f32,
-    n: usize,
-    k: usize,
-    out: *mut f32,
-    off: usize,
-) {
-    let mut acc = [[_mm256_setzero_ps(); C]; MR];
-    // SAFETY (every access): inside the rows and chunks the caller vouches for.
-    unsafe {
-        for (i, row) in acc.iter_mut().enumerate() {
-            for (c, a) in row.iter_mut().enumerate() {
-                *a = _mm256_loadu_ps(out.add(i * k + off + c * LANES));
-            }
-        }
-        for t in 0..n {
-            let mut vv = [_mm256_setzero_ps(); C];
-            for (c, x) in vv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(v.add(t * k + off + c * LANES));
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a = _mm256_broadcast_ss(&*p.add(i * stride + t));
-                for (c, acc) in row.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(a, vv[c], *acc);
-                }
-            }
-        }
-        for (i, row) in acc.iter().enumerate() {
-            for (c, a) in row.iter().enumerate() {
-                _mm256_storeu_ps(out.add(i * k + off + c * LANES), *a);
-            }
-        }
-    }
-}
-
 /// `scalar::exp` on 8 lanes: the same operations, so the same bits.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -820,71 +656,4 @@ unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
         *a += *x;
     }
     super::scalar::halving_sum(lanes)
-}
-
-/// # Safety
-/// AVX2/FMA/F16C present.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
-    const STEP: usize = 4 * LANES;
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let p = data.as_ptr();
-    let full = data.len() / STEP;
-    for c in 0..full {
-        if PREFETCH {
-            // See `ReadPattern::Prefetched`.
-            prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
-        }
-        for (u, a) in acc.iter_mut().enumerate() {
-            // SAFETY: c*STEP + STEP ≤ len.
-            *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(p.add(c * STEP + u * LANES)) });
-        }
-    }
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum(v) + data[full * STEP..].iter().sum::<f32>()
-}
-
-/// Independent multiply-add chains per vector register: enough of them (12) to cover the FMA
-/// latency on both FMA pipes, nothing but FMAs in the loop.
-pub(super) const FMA_CHAINS: usize = 12;
-
-/// `iters` rounds of one FMA on each of [`FMA_CHAINS`] accumulators (8 lanes each), summed.
-///
-/// # Safety
-/// AVX2/FMA/F16C present.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
-    let mut acc = [_mm256_set1_ps(seed); FMA_CHAINS];
-    let (a, b) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-4));
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm256_fmadd_ps(*v, a, b);
-        }
-    }
-    acc.iter().map(|&v| hsum(v)).sum()
-}
-
-/// Blocks of 8 rows of `row` floats, the rows of a block read side by side (8 streams a row
-/// apart, like the 1×8 GEMV tile).
-///
-/// # Safety
-/// AVX2/FMA/F16C present.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn read_rows_kernel(data: &[f32], row: usize) -> f32 {
-    const ROWS: usize = 8;
-    let row = (row / LANES).max(1) * LANES;
-    let blocks = data.len() / (ROWS * row);
-    let mut acc = [_mm256_setzero_ps(); ROWS];
-    let p = data.as_ptr();
-    for b in 0..blocks {
-        for off in (0..row).step_by(LANES) {
-            for (r, a) in acc.iter_mut().enumerate() {
-                // SAFETY: inside block b < blocks.
-                *a = _mm256_add_ps(*a, unsafe {
-                    _mm256_loadu_ps(p.add((b * ROWS + r) * row + off))
-                });
-            }
-        }
-    }
-    acc.iter().map(|&v| hsum(v)).sum::<f32>() + data[blocks * ROWS * row..].iter().sum::<f32>()
 }

@@ -2,12 +2,16 @@
 //! the vector helpers. Weights are widened to f32 in registers (`vcvtph2ps` for f16, a 16-bit
 //! shift for bf16); partial chunks use masked loads, which read zeros past the end.
 
+mod probe;
+
 use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
 use super::packed::{PANEL, padded_k};
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
+pub(super) use probe::FMA_CHAINS;
+use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 16;
@@ -45,6 +49,17 @@ pub(super) enum Prefetch {
 }
 
 impl Prefetch {
+    /// The policy for f32 panels. On AMD they read best with none: 0.96–0.98 of the ceiling
+    /// against 0.89–0.92 with `prefetchw` (Zen 5); an f32 FMA takes its weights from memory
+    /// itself, so the out-of-order window already covers twice the bytes per instruction of
+    /// f16.
+    fn for_f32(self) -> Prefetch {
+        match self {
+            Prefetch::Amd => Prefetch::Off,
+            other => other,
+        }
+    }
+
     /// Every policy, for tests.
     #[cfg(test)]
     pub(super) const ALL: [Prefetch; 3] = [Prefetch::Off, Prefetch::Intel, Prefetch::Amd];
@@ -73,11 +88,7 @@ impl Avx512 {
     /// A tile whose weights are cached (a block that every x tile passes over, or data the
     /// caller just wrote): no prefetch.
     pub(super) fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
-        match w {
-            WeightRef::F32(w) => tile_typed::<_, false>(self, x, k, mr, w, nr),
-            WeightRef::F16(w) => tile_typed::<_, false>(self, x, k, mr, w, nr),
-            WeightRef::BF16(w) => tile_typed::<_, false>(self, x, k, mr, w, nr),
-        }
+        self.tile_prefetching::<false>(x, k, mr, w, nr)
     }
 
     /// A tile whose weights come from memory once, the next tile's rows after them (decode on
@@ -90,10 +101,22 @@ impl Avx512 {
         w: WeightRef<'_>,
         nr: usize,
     ) -> Tile {
+        self.tile_prefetching::<true>(x, k, mr, w, nr)
+    }
+
+    /// [`Avx512::tile`] (`PREFETCH` false) or [`Avx512::tile_streamed`] (true).
+    fn tile_prefetching<const PREFETCH: bool>(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        w: WeightRef<'_>,
+        nr: usize,
+    ) -> Tile {
         match w {
-            WeightRef::F32(w) => tile_typed::<_, true>(self, x, k, mr, w, nr),
-            WeightRef::F16(w) => tile_typed::<_, true>(self, x, k, mr, w, nr),
-            WeightRef::BF16(w) => tile_typed::<_, true>(self, x, k, mr, w, nr),
+            WeightRef::F32(w) => tile_typed::<_, PREFETCH>(self, x, k, mr, w, nr),
+            WeightRef::F16(w) => tile_typed::<_, PREFETCH>(self, x, k, mr, w, nr),
+            WeightRef::BF16(w) => tile_typed::<_, PREFETCH>(self, x, k, mr, w, nr),
         }
     }
 
@@ -111,13 +134,7 @@ impl Avx512 {
     ) {
         let prefetch = self.panel_prefetch;
         match panels {
-            // On AMD f32 panels read best with none: 0.96–0.98 of the ceiling against 0.89–0.92
-            // with `prefetchw` (Zen 5); an f32 FMA takes its weights from memory itself, so the
-            // out-of-order window already covers twice the bytes per instruction of f16.
-            WeightRef::F32(p) if prefetch == Prefetch::Amd => {
-                panels_typed(self, x, k, mr, p, count, out, Prefetch::Off)
-            }
-            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
+            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, prefetch.for_f32()),
             WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
             WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
         }
@@ -387,25 +404,21 @@ const PANEL_PREFETCH_L2: usize = 32768;
 /// measured best on Zen 5 (2 KiB and 8 KiB no better).
 const PANEL_PREFETCH_W: usize = 4096;
 
-/// [`Prefetch::Amd`]: `prefetchw` [`PANEL_PREFETCH_W`] ahead of each line of the `bytes` at
-/// `at`. A prefetch never faults, so running past the end of the data is harmless.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn prefetch_ahead_w(at: *const i8, bytes: usize) {
-    for line in (0..bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_ET0>(at.wrapping_add(PANEL_PREFETCH_W + line));
-    }
-}
-
 /// Prefetches the `bytes` (a multiple of a cache line) starting at `at` as the decode stream
-/// will read them: [`PANEL_PREFETCH_L1`] ahead into L1 and [`PANEL_PREFETCH_L2`] ahead into L2.
-/// A prefetch never faults, so running past the end of the data is harmless.
+/// will read them, by policy `P` (a [`Prefetch`] as `u8`): [`Prefetch::Intel`]
+/// [`PANEL_PREFETCH_L1`] ahead into L1 and [`PANEL_PREFETCH_L2`] ahead into L2,
+/// [`Prefetch::Amd`] [`PANEL_PREFETCH_W`] ahead for ownership, [`Prefetch::Off`] nothing. A
+/// prefetch never faults, so running past the end of the data is harmless.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn prefetch_ahead(at: *const i8, bytes: usize) {
+fn prefetch_ahead<const P: u8>(at: *const i8, bytes: usize) {
     for line in (0..bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH_L1 + line));
-        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PANEL_PREFETCH_L2 + line));
+        if P == Prefetch::Intel as u8 {
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH_L1 + line));
+            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PANEL_PREFETCH_L2 + line));
+        } else if P == Prefetch::Amd as u8 {
+            _mm_prefetch::<_MM_HINT_ET0>(at.wrapping_add(PANEL_PREFETCH_W + line));
+        }
     }
 }
 
@@ -427,11 +440,7 @@ unsafe fn panel_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
     for c in 0..k.div_ceil(LANES) {
         let off = c * LANES;
         let p = w.wrapping_add(c * PANEL * LANES);
-        if PREFETCH == Prefetch::Intel as u8 {
-            prefetch_ahead(p.cast(), chunk_bytes);
-        } else if PREFETCH == Prefetch::Amd as u8 {
-            prefetch_ahead_w(p.cast(), chunk_bytes);
-        }
+        prefetch_ahead::<PREFETCH>(p.cast(), chunk_bytes);
         let mut xv = [_mm512_setzero_ps(); MR];
         if off + LANES <= k {
             for (i, v) in xv.iter_mut().enumerate() {
@@ -766,71 +775,4 @@ unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
         off += LANES;
     }
     hsum(acc)
-}
-
-/// # Safety
-/// AVX-512 F/BW/VL present.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
-    const STEP: usize = 4 * LANES;
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let p = data.as_ptr();
-    let full = data.len() / STEP;
-    for c in 0..full {
-        if PREFETCH {
-            // The decode kernel's prefetch (see `ReadProbe`).
-            prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
-        }
-        for (u, a) in acc.iter_mut().enumerate() {
-            // SAFETY: c*STEP + STEP ≤ len.
-            *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(p.add(c * STEP + u * LANES)) });
-        }
-    }
-    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    hsum(v) + data[full * STEP..].iter().sum::<f32>()
-}
-
-/// Independent multiply-add chains per vector register: enough of them (16) to cover the FMA
-/// latency on two FMA ports, nothing but FMAs in the loop.
-pub(super) const FMA_CHAINS: usize = 16;
-
-/// `iters` rounds of one FMA on each of [`FMA_CHAINS`] accumulators (16 lanes each), summed.
-///
-/// # Safety
-/// AVX-512 F/BW/VL present.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
-    let mut acc = [_mm512_set1_ps(seed); FMA_CHAINS];
-    let (a, b) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-4));
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_fmadd_ps(*v, a, b);
-        }
-    }
-    acc.iter().map(|&v| hsum(v)).sum()
-}
-
-/// Blocks of 8 rows of `row` floats, the rows of a block read side by side (8 streams a row
-/// apart, like the 1×8 GEMV tile).
-///
-/// # Safety
-/// AVX-512 F/BW/VL present.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn read_rows_kernel(data: &[f32], row: usize) -> f32 {
-    const ROWS: usize = 8;
-    let row = (row / LANES).max(1) * LANES;
-    let blocks = data.len() / (ROWS * row);
-    let mut acc = [_mm512_setzero_ps(); ROWS];
-    let p = data.as_ptr();
-    for b in 0..blocks {
-        for off in (0..row).step_by(LANES) {
-            for (r, a) in acc.iter_mut().enumerate() {
-                // SAFETY: inside block b < blocks.
-                *a = _mm512_add_ps(*a, unsafe {
-                    _mm512_loadu_ps(p.add((b * ROWS + r) * row + off))
-                });
-            }
-        }
-    }
-    acc.iter().map(|&v| hsum(v)).sum::<f32>() + data[blocks * ROWS * row..].iter().sum::<f32>()
 }

@@ -1,0 +1,88 @@
+//! The AVX2 kernels of the machine probes (`linalg::bandwidth`): memory read patterns and the
+//! FMA peak. They measure the machine; the engine never calls them.
+
+use std::arch::x86_64::*;
+
+use super::{LANES, hsum};
+
+/// Bytes ahead of the read position that [`ReadPattern::Prefetched`] probes prefetch.
+///
+/// [`ReadPattern::Prefetched`]: super::super::bandwidth::ReadPattern::Prefetched
+const PROBE_PREFETCH: usize = 1024;
+
+/// Prefetches the `bytes` (a multiple of a cache line) starting at `at`, [`PROBE_PREFETCH`]
+/// ahead. A prefetch never faults, so running past the end of the data is harmless.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_ahead(at: *const i8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PROBE_PREFETCH + line));
+    }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn read_sum_kernel<const PREFETCH: bool>(data: &[f32]) -> f32 {
+    const STEP: usize = 4 * LANES;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let p = data.as_ptr();
+    let full = data.len() / STEP;
+    for c in 0..full {
+        if PREFETCH {
+            // See `ReadPattern::Prefetched`.
+            prefetch_ahead(p.wrapping_add(c * STEP).cast(), STEP * size_of::<f32>());
+        }
+        for (u, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c*STEP + STEP ≤ len.
+            *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(p.add(c * STEP + u * LANES)) });
+        }
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    hsum(v) + data[full * STEP..].iter().sum::<f32>()
+}
+
+/// Independent multiply-add chains per vector register: enough of them (12) to cover the FMA
+/// latency on both FMA pipes, nothing but FMAs in the loop.
+pub(in super::super) const FMA_CHAINS: usize = 12;
+
+/// `iters` rounds of one FMA on each of [`FMA_CHAINS`] accumulators (8 lanes each), summed.
+///
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
+    let mut acc = [_mm256_set1_ps(seed); FMA_CHAINS];
+    let (a, b) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-4));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    acc.iter().map(|&v| hsum(v)).sum()
+}
+
+/// Blocks of 8 rows of `row` floats, the rows of a block read side by side (8 streams a row
+/// apart, like the 1×8 GEMV tile).
+///
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn read_rows_kernel(data: &[f32], row: usize) -> f32 {
+    const ROWS: usize = 8;
+    let row = (row / LANES).max(1) * LANES;
+    let blocks = data.len() / (ROWS * row);
+    let mut acc = [_mm256_setzero_ps(); ROWS];
+    let p = data.as_ptr();
+    for b in 0..blocks {
+        for off in (0..row).step_by(LANES) {
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: inside block b < blocks.
+                *a = _mm256_add_ps(*a, unsafe {
+                    _mm256_loadu_ps(p.add((b * ROWS + r) * row + off))
+                });
+            }
+        }
+    }
+    acc.iter().map(|&v| hsum(v)).sum::<f32>() + data[blocks * ROWS * row..].iter().sum::<f32>()
+}
