@@ -8,13 +8,21 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use common::{KEY, Node, config, fixture_dir};
 
 /// What the tests install, pinned: the SDK, and the schema validator for the conformance check.
 const PACKAGES: [&str; 3] = ["openai==3.54.0", "jsonschema==4.26.0", "pyyaml==6.0.3"];
 
+/// The virtual environment's python, made once per test binary: both tests ask for it at the
+/// same time, and two `python3 -m venv` runs into one directory fail ("File exists").
 fn venv() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::env::var_os("HELIXFLOW_TEST_VENV")
         .map(PathBuf::from)
