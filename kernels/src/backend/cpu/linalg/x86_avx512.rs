@@ -3,6 +3,7 @@
 //! shift for bf16); partial chunks use masked loads, which read zeros past the end.
 
 mod probe;
+mod sums;
 
 use std::arch::x86_64::*;
 
@@ -12,6 +13,7 @@ use super::packed::{PANEL, padded_k};
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 pub(super) use probe::FMA_CHAINS;
 use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
+use sums::{hsum, hsum_panel_tile, hsum_tile};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 16;
@@ -463,7 +465,7 @@ unsafe fn panel_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
             }
         }
     }
-    hsum_tile(acc)
+    hsum_panel_tile(acc)
 }
 
 /// Whether the CPU is AMD's (CPUID vendor `AuthenticAMD`).
@@ -546,32 +548,6 @@ unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: bo
         }
     }
     hsum_tile(acc)
-}
-
-/// [`hsum`] of every accumulator of a tile.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn hsum_tile<const MR: usize, const NR: usize>(acc: [[__m512; NR]; MR]) -> [[f32; NR]; MR] {
-    let mut out = [[0.0; NR]; MR];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        for (o, &a) in o.iter_mut().zip(a) {
-            *o = hsum(a);
-        }
-    }
-    out
-}
-
-/// The canonical halving tree: lanes `t + 8`, then `t + 4`, `t + 2`, `t + 1` are added in.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn hsum(v: __m512) -> f32 {
-    let lo = _mm512_castps512_ps256(v);
-    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-    let a = _mm256_add_ps(lo, hi);
-    let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
-    let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    let d = _mm_add_ss(c, _mm_movehdup_ps(c));
-    _mm_cvtss_f32(d)
 }
 
 fn convert_typed<W: Load16>(_isa: Avx512, src: &[W], dst: &mut [f32]) {
