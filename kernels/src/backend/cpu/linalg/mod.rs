@@ -451,8 +451,10 @@ impl Backend {
         stride: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if let Backend::Avx2(isa) = self {
-            return isa.scaled_dots(x, m, k, w, n, scale, out, stride);
+        match self {
+            Backend::Avx2(isa) => return isa.scaled_dots(x, m, k, w, n, scale, out, stride),
+            Backend::Avx512(isa) => return isa.scaled_dots(x, m, k, w, n, scale, out, stride),
+            Backend::Scalar(_) => {}
         }
         let mut i = 0;
         while i < m {
@@ -484,18 +486,15 @@ impl Backend {
         out: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if let Backend::Avx2(isa) = self {
-            return isa.weighted_rows(p, stride, m, v, n, out);
+        match self {
+            Backend::Avx2(isa) => return isa.weighted_rows(p, stride, m, v, n, out),
+            Backend::Avx512(isa) => return isa.weighted_rows(p, stride, m, v, n, out),
+            Backend::Scalar(_) => {}
         }
-        // One `axpy_rows` per row of `out`.
+        // One `axpy` per row of `v` and row of `out`.
         let k = out.len() / m.max(1);
         for (i, row) in out.chunks_exact_mut(k.max(1)).enumerate() {
             let alphas = &p[i * stride..i * stride + n];
-            #[cfg(target_arch = "x86_64")]
-            if let Backend::Avx512(isa) = self {
-                isa.axpy_rows(alphas, &v[..n * k], row);
-                continue;
-            }
             for (t, &a) in alphas.iter().enumerate() {
                 self.axpy(a, &v[t * k..(t + 1) * k], row);
             }

@@ -2,6 +2,7 @@
 //! the vector helpers. Weights are widened to f32 in registers (`vcvtph2ps` for f16, a 16-bit
 //! shift for bf16); partial chunks use masked loads, which read zeros past the end.
 
+mod attention;
 mod probe;
 mod sums;
 
@@ -11,9 +12,10 @@ use half::{bf16, f16};
 
 use super::packed::{PANEL, padded_k};
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
+use attention::{scaled_dots_kernel, weighted_rows_kernel};
 pub(super) use probe::FMA_CHAINS;
 use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
-use sums::{hsum, hsum_panel_tile, hsum_tile};
+use sums::{hsum, hsum_panel_tile, hsum_rows};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 16;
@@ -177,6 +179,59 @@ impl Avx512 {
         assert_eq!(x.len(), y.len(), "axpy: lengths differ");
         // SAFETY: `self` proves AVX-512 F/BW/VL; the lengths are equal (checked above).
         unsafe { axpy_kernel(alpha, x, y) }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scaled_dots(
+        self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        assert!(
+            x.len() >= m * k
+                && w.len() >= n * k
+                && (m == 0 || n == 0 || out.len() >= (m - 1) * stride + n),
+            "scaled_dots: operands too short"
+        );
+        // SAFETY: `self` proves AVX-512 F/BW/VL; the lengths are checked above.
+        unsafe {
+            scaled_dots_kernel(
+                x.as_ptr(),
+                m,
+                k,
+                w.as_ptr(),
+                n,
+                scale,
+                out.as_mut_ptr(),
+                stride,
+            )
+        }
+    }
+
+    pub(super) fn weighted_rows(
+        self,
+        p: &[f32],
+        stride: usize,
+        m: usize,
+        v: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let k = out.len() / m.max(1);
+        assert!(
+            out.len() == m * k
+                && v.len() >= n * k
+                && (m == 0 || n == 0 || p.len() >= (m - 1) * stride + n),
+            "weighted_rows: operands too short"
+        );
+        // SAFETY: `self` proves AVX-512 F/BW/VL; the lengths are checked above.
+        unsafe { weighted_rows_kernel(p.as_ptr(), stride, m, v.as_ptr(), n, k, out.as_mut_ptr()) }
     }
 
     pub(super) fn axpy_rows(self, alphas: &[f32], v: &[f32], y: &mut [f32]) {
@@ -547,7 +602,7 @@ unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: bo
             }
         }
     }
-    hsum_tile(acc)
+    hsum_rows(acc)
 }
 
 fn convert_typed<W: Load16>(_isa: Avx512, src: &[W], dst: &mut [f32]) {

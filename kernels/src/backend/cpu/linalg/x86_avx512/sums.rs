@@ -79,6 +79,23 @@ pub(super) fn hsum_panel_tile<const MR: usize>(acc: [[__m512; PANEL]; MR]) -> [[
     out
 }
 
+/// [`hsum_tile`], through [`hsum_panel_tile`] where a row holds [`PANEL`] accumulators (the
+/// same bits either way).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) fn hsum_rows<const MR: usize, const NR: usize>(
+    acc: [[__m512; NR]; MR],
+) -> [[f32; NR]; MR] {
+    if NR != PANEL {
+        return hsum_tile(acc);
+    }
+    // SAFETY: NR == PANEL, so each pair of types is one type.
+    unsafe {
+        let rows: [[__m512; PANEL]; MR] = std::mem::transmute_copy(&acc);
+        std::mem::transmute_copy(&hsum_panel_tile(rows))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
