@@ -20,8 +20,8 @@ pub(super) enum Weights<'a> {
 /// Products with fewer multiply-adds than this run inline: dispatching to the pool costs more.
 const INLINE_MACS: usize = 1 << 18;
 
-/// Bytes of f32 weight rows per cache block: half of the core's L2, leaving room for the `x`
-/// tiles streaming past it. Every `x` tile re-reads the whole block, so a block that spills out
+/// Bytes of weights per cache block (f32 rows, or panels in their dtype): half of the core's
+/// L2, leaving room for the `x` tiles streaming past it. Every `x` tile re-reads the whole block, so a block that spills out
 /// of L2 is read from L3 once per tile (a Zen 3 core has 512 KiB of L2, the Sapphire Rapids
 /// core the 1 MiB blocks were chosen on 2 MiB). Not measured apart: on Zen 3 the prefill
 /// matmul did not move with this alone while its tiles spilled (docs/BENCHMARKS.md).
@@ -132,22 +132,24 @@ fn block_rows(k: usize) -> usize {
     (rows / ROW_ALIGN).max(1) * ROW_ALIGN
 }
 
-/// Rows per cache block of f32 panels ([`compute_panel_blocks`]): whole panels, as many as
-/// fit the block bytes. The panel kernel has no `nr` to align to, and for long rows the
-/// coarser [`ROW_ALIGN`] wastes much of the block (`k = 2816`: 24 rows, 264 KiB, against 40
-/// rows, 440 KiB, so each tile of `x` is fetched for 5 panels instead of 3; the prefill
-/// matmul of that shape ran 1.03–1.10× faster on Zen 5).
-fn panel_block_rows(k: usize) -> usize {
-    let rows = block_bytes() / (4 * padded_k(k));
+/// Rows per cache block of panels of `element`-byte weights ([`compute_panel_blocks`]): whole
+/// panels, as many as fit the block bytes. The panel kernel has no `nr` to align to, and for
+/// long rows the coarser [`ROW_ALIGN`] wastes much of the block (`k = 2816` in f32: 24 rows,
+/// 264 KiB, against 40 rows, 440 KiB, so each tile of `x` is fetched for 5 panels instead of
+/// 3; the prefill matmul of that shape ran 1.03–1.10× faster on Zen 5).
+fn panel_block_rows(k: usize, element: usize) -> usize {
+    let rows = block_bytes() / (element.max(1) * padded_k(k));
     (rows / PANEL).max(1) * PANEL
 }
 
 /// Rows of `w` per cache block, as [`compute_rows`] will walk them for `m` rows of `x`.
-fn blocks_of(backend: Backend, m: usize, k: usize) -> usize {
-    if prefill_on_panels(backend, m) {
-        panel_block_rows(k)
-    } else {
-        block_rows(k)
+fn blocks_of(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
+    match w {
+        Weights::Packed(p) if prefill_on_panels(backend, m) => {
+            panel_block_rows(k, p.element_bytes())
+        }
+        Weights::Rows(_) if prefill_on_panels(backend, m) => panel_block_rows(k, 4),
+        _ => block_rows(k),
     }
 }
 
@@ -188,7 +190,8 @@ pub(super) fn matmul_t(
 
 /// Products with at most this many rows of `x` are decode: the weights stream once from
 /// memory (as panels where they are packed), each unit of work a few KiB of them. Taller ones
-/// work on L2-sized blocks, widened to f32 once per block when the weights are 16-bit.
+/// work on L2-sized blocks: panels where they lie (AVX-512), otherwise rows widened to f32 once
+/// per block when the weights are 16-bit.
 const DECODE_ROWS: usize = 4;
 
 /// Weight bytes per unit of work when decoding (`m ≤ DECODE_ROWS`): small enough that the threads
@@ -200,7 +203,7 @@ const DECODE_UNIT_BYTES: usize = 16 << 10;
 /// (whole panels), for more rows of `x` one cache block.
 fn unit_rows(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
     if m > DECODE_ROWS {
-        return blocks_of(backend, m, k);
+        return blocks_of(backend, m, k, w);
     }
     let element = match w {
         Weights::Rows(w) => w.element_size(),
@@ -398,11 +401,15 @@ fn compute_blocks(
     });
 }
 
-/// [`compute_blocks`] for many rows of `x` on the panel kernel: each L2-sized block of `cols`
-/// is widened into f32 panels (the `Panels` layout: 8 rows, their 16-element chunks
-/// interleaved, `k` zero-padded to whole chunks) and every `x` tile of up to `panel_mr()` rows
-/// runs over it; a tile's 8 weight rows are one sequential stream instead of 8 rows a row
-/// apart. The bits are the row-major tile's (the panel kernel's order is the canonical one).
+/// [`compute_blocks`] for many rows of `x` on the panel kernel: every `x` tile of up to
+/// `panel_mr()` rows runs over each L2-sized block of `cols` in the `Panels` layout (8 rows,
+/// their 16-element chunks interleaved, `k` zero-padded to whole chunks), so a tile's 8 weight
+/// rows are one sequential stream instead of 8 rows a row apart. Packed weights are read where
+/// they are, 16-bit ones widened in registers: widening a block into f32 panels once would
+/// save the conversions but double the bytes every tile reads from L2, and L2 is what the
+/// kernel waits on (Zen 5: the f16 prefill matmul 1.05–1.14× faster in place, 1.3–1.45× for
+/// 16 rows of `x`; docs/BENCHMARKS.md). Row-major weights are interleaved into f32 panels
+/// first. The bits are the row-major tile's (the panel kernel's order is the canonical one).
 #[allow(clippy::too_many_arguments)]
 fn compute_panel_blocks(
     backend: Backend,
@@ -415,7 +422,11 @@ fn compute_panel_blocks(
     cols: Range<usize>,
 ) {
     debug_assert!(cols.start.is_multiple_of(PANEL), "blocks start on a panel");
-    let (nb, kp) = (panel_block_rows(k), padded_k(k));
+    let element = match w {
+        Weights::Packed(p) => p.element_bytes(),
+        Weights::Rows(_) => size_of::<f32>(),
+    };
+    let (nb, kp) = (panel_block_rows(k, element), padded_k(k));
     let per_panel = PANEL * kp;
     let mut results = [0.0f32; MAX_PANEL_MR * PANELS_PER_CALL * PANEL];
     PANEL_SCRATCH.with_borrow_mut(|scratch| {
@@ -425,21 +436,12 @@ fn compute_panel_blocks(
             let je = (jb + nb).min(cols.end);
             let count = (je - jb).div_ceil(PANEL);
             let first = jb / PANEL;
-            let panels: &[f32] = match w {
-                Weights::Packed(p) => match p.panels(first..first + count) {
-                    // f32 panels: nothing to widen, the tiles read them where they are.
-                    WeightRef::F32(f) => f,
-                    // Already interleaved: widening the panels in order lays out f32 panels.
-                    halves => {
-                        scratch.resize(count * per_panel, 0.0);
-                        backend.convert(halves, scratch);
-                        scratch
-                    }
-                },
+            let panels = match w {
+                Weights::Packed(p) => p.panels(first..first + count),
                 Weights::Rows(w) => {
                     scratch.resize(count * per_panel, 0.0);
                     interleave_rows(backend, w, k, jb..je, scratch, &mut row);
-                    scratch
+                    WeightRef::F32(scratch)
                 }
             };
             let mut i = 0;
@@ -450,8 +452,8 @@ fn compute_panel_blocks(
                 while q < count {
                     let c = (count - q).min(PANELS_PER_CALL);
                     let width = c * PANEL;
-                    let ws = &panels[q * per_panel..(q + c) * per_panel];
-                    backend.panels_f32(xs, k, mr, ws, c, &mut results);
+                    let ws = panels.slice(q * per_panel..(q + c) * per_panel);
+                    backend.panels_cached(xs, k, mr, ws, c, &mut results);
                     let col = jb + q * PANEL;
                     let valid = width.min(je - col);
                     for ii in 0..mr {
@@ -578,7 +580,7 @@ mod tests {
                 rows == ROW_ALIGN || rows * 4 * k <= block_bytes(),
                 "k = {k}: {rows}"
             );
-            let panel_rows = panel_block_rows(k);
+            let panel_rows = panel_block_rows(k, 4);
             assert!(
                 panel_rows >= PANEL && panel_rows.is_multiple_of(PANEL),
                 "k = {k}: {panel_rows}"

@@ -548,22 +548,22 @@ impl Backend {
         }
     }
 
-    /// [`Backend::panels`] on `count` f32 panels (the `Panels` layout) in `panels`, in cache
-    /// (a block of prefill: nothing is prefetched).
+    /// [`Backend::panels`] on `count` panels (the `Panels` layout) in `panels`, in cache (a
+    /// block of prefill: nothing is prefetched).
     #[allow(clippy::too_many_arguments)]
-    fn panels_f32(
+    fn panels_cached(
         self,
         x: &[f32],
         k: usize,
         mr: usize,
-        panels: &[f32],
+        panels: WeightRef<'_>,
         count: usize,
         out: &mut [f32],
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.panels_cached(x, k, mr, panels, count, out),
-            _ => unreachable!("no f32 panel kernel for {self:?}"),
+            _ => unreachable!("no cached panel kernel for {self:?}"),
         }
     }
 

@@ -3,9 +3,9 @@
 //!
 //! - **Panels** (AVX-512): panels of [`PANEL`] weight rows whose chunks `C` ([`CHUNK`], one
 //!   vector) are interleaved, so the decode kernel reads one sequential stream per panel,
-//!   with software prefetch ahead of it on Intel. Prefill widens a block of panels in order
-//!   into f32 panels (f32 ones are read in place) and runs the same kernel over it, so a
-//!   tile's weight rows are one stream from L2 there too. A 16-bit weight is half the bytes of an f32 one but
+//!   with software prefetch ahead of it on Intel. Prefill runs the same kernel over an
+//!   L2-sized block of panels where they lie, so a tile's weight rows are one stream from L2
+//!   there too. A 16-bit weight is half the bytes of an f32 one but
 //!   costs the same instructions per element, so with a row-major matrix the core's
 //!   out-of-order window covers half as many bytes of the eight row streams, and the
 //!   hardware prefetchers of a Sapphire Rapids core fell behind. `n` is padded with zero

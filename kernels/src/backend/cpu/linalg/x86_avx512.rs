@@ -39,7 +39,7 @@ pub(super) struct Avx512 {
 /// Software prefetch of the panel kernel ahead of its stream ([`prefetch_ahead`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Prefetch {
-    /// None: the panels are in cache (a widened block of prefill).
+    /// None: the panels are in cache (a block of prefill).
     Off,
     /// `prefetcht0` 4 KiB and `prefetcht1` 32 KiB ahead of every line: measured best on
     /// Intel (Sapphire Rapids).
@@ -144,17 +144,23 @@ impl Avx512 {
         }
     }
 
-    /// [`Avx512::panels`] on f32 panels in cache (a widened block of prefill): no prefetch.
+    /// [`Avx512::panels`] on panels in cache (a block of prefill that every tile of `x` passes
+    /// over): no prefetch. 16-bit panels are widened in registers, as in decode.
     pub(super) fn panels_cached(
         self,
         x: &[f32],
         k: usize,
         mr: usize,
-        panels: &[f32],
+        panels: WeightRef<'_>,
         count: usize,
         out: &mut [f32],
     ) {
-        panels_typed(self, x, k, mr, panels, count, out, Prefetch::Off)
+        let off = Prefetch::Off;
+        match panels {
+            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, off),
+            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out, off),
+            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out, off),
+        }
     }
 
     /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
