@@ -10,8 +10,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use half::{bf16, f16};
 use helixflow_kernels::backend::Backend;
 use helixflow_kernels::backend::cpu::{CpuBackend, linalg};
+use helixflow_kernels::dtype::DType;
 use helixflow_kernels::engine::{Engine, EngineConfig, SeqEvent, SequenceRequest};
 use helixflow_kernels::model::Model;
 use helixflow_kernels::sampler::SamplingParams;
@@ -235,33 +237,59 @@ fn prefill_rate(
     Ok((len as f64 / secs, flops / secs))
 }
 
-/// FLOP/s of the backend's matmul on a `[m, hidden] × [intermediate, hidden]ᵀ` f32 product.
+/// FLOP/s of the backend's matmul on the model's largest projection, the fused gate/up
+/// `[m, hidden] × [2·intermediate, hidden]ᵀ`, with weights in the model's dtype laid out as the
+/// model lays them out (packed where this CPU packs): the matmul prefill runs.
 fn gemm_peak(model: &Model<CpuBackend>, m: usize, repeat: usize) -> f64 {
     let c = model.config();
     let (k, n) = (c.hidden_size, 2 * c.intermediate_size);
-    let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+    let value = |i: usize| ((i % 13) as f32 - 6.0) * 0.01;
     // The weights on huge pages, as the model's are (`linalg::Arena`).
-    let mut w = linalg::Arena::with_region_bytes(0).alloc::<f32>(n * k);
-    for (i, v) in w.iter_mut().enumerate() {
-        *v = ((i % 13) as f32 - 6.0) * 0.01;
+    let arena = linalg::Arena::with_region_bytes(0);
+    match model.weight_dtype() {
+        DType::F32 => {
+            let mut w = arena.alloc::<f32>(n * k);
+            w.iter_mut().enumerate().for_each(|(i, v)| *v = value(i));
+            time_matmul(model, m, k, linalg::WeightRef::F32(&w), n, repeat)
+        }
+        DType::F16 => {
+            let mut w = arena.alloc::<f16>(n * k);
+            w.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = f16::from_f32(value(i)));
+            time_matmul(model, m, k, linalg::WeightRef::F16(&w), n, repeat)
+        }
+        DType::BF16 => {
+            let mut w = arena.alloc::<bf16>(n * k);
+            w.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = bf16::from_f32(value(i)));
+            time_matmul(model, m, k, linalg::WeightRef::BF16(&w), n, repeat)
+        }
     }
+}
+
+/// FLOP/s of the best of `repeat` (at least 5) products of `m` rows with `w` (`[n, k]`),
+/// packed as the model packs its weights.
+fn time_matmul(
+    model: &Model<CpuBackend>,
+    m: usize,
+    k: usize,
+    w: linalg::WeightRef<'_>,
+    n: usize,
+    repeat: usize,
+) -> f64 {
+    let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+    let packed = linalg::Packed::new(w, n, k);
     let mut out = vec![0.0; m * n];
     let pool = model.backend().pool();
     let mut best = Duration::MAX;
     for _ in 0..repeat.max(5) {
         let t = Instant::now();
         // Inside a pass, as the engine's matmuls run (see `Backend::run`).
-        model.backend().run(|| {
-            linalg::matmul_t(
-                pool,
-                &x,
-                m,
-                k,
-                linalg::WeightRef::F32(&w),
-                n,
-                None,
-                &mut out,
-            )
+        model.backend().run(|| match &packed {
+            Some(p) => linalg::matmul_t_packed(pool, &x, m, p, None, &mut out),
+            None => linalg::matmul_t(pool, &x, m, k, w, n, None, &mut out),
         });
         best = best.min(t.elapsed());
     }
