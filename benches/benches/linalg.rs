@@ -1,5 +1,5 @@
-//! Criterion benches: prefill (m = 512) `matmul_t` against the `gemm` crate on the model's
-//! shapes, decode GEMV throughput in bytes/s (row-major f16, and the packed panels the CPU
+//! Criterion benches: prefill (m = 512) `matmul_t` on row-major and packed weights (as the
+//! model holds them) against the `gemm` crate on the model's shapes, decode GEMV throughput in bytes/s (row-major f16, and the packed panels the CPU
 //! backend uses, each matrix apart or all in one arena in forward order) next to
 //! `measure_read_bandwidth`, and the cost of handing an op to the threads.
 
@@ -54,7 +54,7 @@ fn gemm_peer(
 }
 
 fn prefill(c: &mut Criterion) {
-    let pool = pool(2);
+    let (pool, pool1) = (pool(2), pool(1));
     let m = 512;
     let mut group = c.benchmark_group("prefill_m512");
     group.sample_size(10);
@@ -95,6 +95,19 @@ fn prefill(c: &mut Criterion) {
         group.bench_function(format!("gemm_crate_f32/{n}x{k}"), |b| {
             b.iter(|| gemm_peer(&pool, &x, m, k, &w, n, black_box(&mut out)))
         });
+        // As the model holds its weights: packed, where this CPU packs them.
+        let packed = [
+            ("f32", Packed::new(WeightRef::F32(&w), n, k)),
+            ("f16", Packed::new(WeightRef::F16(&w16), n, k)),
+        ];
+        for (name, p) in &packed {
+            let Some(p) = p else { continue };
+            for (threads, pool) in [(2, &pool), (1, &pool1)] {
+                group.bench_function(format!("{threads}t/packed_{name}/{n}x{k}"), |b| {
+                    b.iter(|| matmul_t_packed(pool, &x, m, p, None, black_box(&mut out)))
+                });
+            }
+        }
     }
     group.finish();
 }
