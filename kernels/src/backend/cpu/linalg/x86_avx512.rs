@@ -44,17 +44,18 @@ pub(super) enum Prefetch {
     /// `prefetcht0` 4 KiB and `prefetcht1` 32 KiB ahead of every line: measured best on
     /// Intel (Sapphire Rapids).
     Intel,
-    /// `prefetchw` 4 KiB ahead of every line, for 16-bit panels. On AMD (Zen 5)
-    /// `prefetcht0`/`t1`/`t2`/`nta` at every distance tried were slower than no prefetch at
-    /// all, and `prefetchw` 4 KiB ahead 1.05–1.16× faster than none for f16 (f32 panels read
-    /// best with none; docs/BENCHMARKS.md). The weights are never written: the lines are only
-    /// fetched for ownership, and each thread reads its own share.
+    /// `prefetcht0` 4 KiB ahead of every line, for 16-bit panels: on Zen 5 batch-1 f16
+    /// decode read 1.02–1.04× faster with it than with none, and the [`Prefetch::Intel`] pair
+    /// slower than none (f32 panels read best with none; docs/BENCHMARKS.md). It was written
+    /// and first measured as `prefetchw` (`_MM_HINT_ET0`), but without the `prfchw` target
+    /// feature (unstable in Rust) LLVM emits `prefetcht0` for that hint; a real `prefetchw`
+    /// (inline assembly) measured the same as `prefetcht0`.
     Amd,
 }
 
 impl Prefetch {
     /// The policy for f32 panels. On AMD they read best with none: 0.96–0.98 of the ceiling
-    /// against 0.89–0.92 with `prefetchw` (Zen 5); an f32 FMA takes its weights from memory
+    /// against 0.89–0.92 with [`Prefetch::Amd`]'s (Zen 5); an f32 FMA takes its weights from memory
     /// itself, so the out-of-order window already covers twice the bytes per instruction of
     /// f16.
     fn for_f32(self) -> Prefetch {
@@ -463,14 +464,14 @@ unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
 const PANEL_PREFETCH_L1: usize = 4096;
 const PANEL_PREFETCH_L2: usize = 32768;
 
-/// Bytes ahead of the read position prefetched for ownership on AMD ([`Prefetch::Amd`]):
-/// measured best on Zen 5 (2 KiB and 8 KiB no better).
-const PANEL_PREFETCH_W: usize = 4096;
+/// Bytes ahead of the read position prefetched into L1 on AMD ([`Prefetch::Amd`]): measured
+/// best on Zen 5 (2 KiB and 8 KiB no better).
+const PANEL_PREFETCH_AMD: usize = 4096;
 
 /// Prefetches the `bytes` (a multiple of a cache line) starting at `at` as the decode stream
 /// will read them, by policy `P` (a [`Prefetch`] as `u8`): [`Prefetch::Intel`]
 /// [`PANEL_PREFETCH_L1`] ahead into L1 and [`PANEL_PREFETCH_L2`] ahead into L2,
-/// [`Prefetch::Amd`] [`PANEL_PREFETCH_W`] ahead for ownership, [`Prefetch::Off`] nothing. A
+/// [`Prefetch::Amd`] [`PANEL_PREFETCH_AMD`] ahead into L1, [`Prefetch::Off`] nothing. A
 /// prefetch never faults, so running past the end of the data is harmless.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -480,7 +481,7 @@ fn prefetch_ahead<const P: u8>(at: *const i8, bytes: usize) {
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH_L1 + line));
             _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PANEL_PREFETCH_L2 + line));
         } else if P == Prefetch::Amd as u8 {
-            _mm_prefetch::<_MM_HINT_ET0>(at.wrapping_add(PANEL_PREFETCH_W + line));
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PANEL_PREFETCH_AMD + line));
         }
     }
 }
