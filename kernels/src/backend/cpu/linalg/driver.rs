@@ -92,15 +92,6 @@ impl SharedOut {
         }
     }
 
-    /// # Safety
-    /// `row < m`, `col < n`, and no other thread writes `(row, col)` concurrently.
-    #[inline]
-    unsafe fn write(self, row: usize, col: usize, value: f32) {
-        debug_assert!(row < self.m && col < self.n);
-        // SAFETY: in bounds by the caller's contract; the buffer holds m*n elements.
-        unsafe { *self.ptr.add(row * self.n + col) = value };
-    }
-
     /// Writes `values` (plus `bias` of their columns, where there is one) to `row` from
     /// column `col` on: one contiguous copy instead of a write per element.
     ///
@@ -144,16 +135,18 @@ fn panel_block_rows(k: usize, element: usize) -> usize {
 
 /// Rows of `w` per cache block, as [`compute_rows`] will walk them for `m` rows of `x`.
 fn blocks_of(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
-    match w {
-        Weights::Packed(p) if prefill_on_panels(backend, m) => {
-            panel_block_rows(k, p.element_bytes())
-        }
-        Weights::Rows(_) if prefill_on_panels(backend, m) => panel_block_rows(k, 4),
-        _ => block_rows(k),
+    if !prefill_on_panels(backend, m) {
+        return block_rows(k);
     }
+    // Packed panels are read in their dtype, row-major weights interleaved into f32 ones.
+    let element = match w {
+        Weights::Packed(p) => p.element_bytes(),
+        Weights::Rows(_) => size_of::<f32>(),
+    };
+    panel_block_rows(k, element)
 }
 
-/// Whether `m` rows of `x` run on f32 panels ([`compute_panel_blocks`]): where weights are
+/// Whether `m` rows of `x` run on panels ([`compute_panel_blocks`]): where weights are
 /// packed as panels, many rows of `x` run on panels too (the panel kernel streams a tile's
 /// weight rows from L2 as one sequence).
 fn prefill_on_panels(backend: Backend, m: usize) -> bool {
@@ -306,13 +299,6 @@ fn compute_panels(
     }
 }
 
-fn with_bias(v: f32, bias: Option<&[f32]>, col: usize) -> f32 {
-    match bias {
-        Some(b) => v + b[col],
-        None => v,
-    }
-}
-
 /// Row-major weights, or packed ones for more than [`DECODE_ROWS`] rows of `x`: L2-sized blocks of
 /// `cols`, each applied to all `m` rows of `x`, `mr` rows at a time.
 #[allow(clippy::too_many_arguments)]
@@ -385,12 +371,9 @@ fn compute_blocks(
                         backend.tile(xs, k, mr, ws, nr)
                     };
                     for (ii, tile_row) in tile.iter().enumerate().take(mr) {
-                        for (jj, &v) in tile_row.iter().enumerate().take(nr) {
-                            let col = jb + j + jj;
-                            // SAFETY: i + ii < m and col < n; col lies in this call's `cols`, which
-                            // no other thread writes.
-                            unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
-                        }
+                        // SAFETY: i + ii < m and jb + j + nr ≤ je ≤ n; the columns lie in this
+                        // call's `cols`, which no other thread writes.
+                        unsafe { out.write_row(i + ii, jb + j, &tile_row[..nr], bias) };
                     }
                     j += nr;
                 }
@@ -422,11 +405,7 @@ fn compute_panel_blocks(
     cols: Range<usize>,
 ) {
     debug_assert!(cols.start.is_multiple_of(PANEL), "blocks start on a panel");
-    let element = match w {
-        Weights::Packed(p) => p.element_bytes(),
-        Weights::Rows(_) => size_of::<f32>(),
-    };
-    let (nb, kp) = (panel_block_rows(k, element), padded_k(k));
+    let (nb, kp) = (blocks_of(backend, m, k, w), padded_k(k));
     let per_panel = PANEL * kp;
     let mut results = [0.0f32; MAX_PANEL_MR * PANELS_PER_CALL * PANEL];
     PANEL_SCRATCH.with_borrow_mut(|scratch| {
@@ -531,12 +510,9 @@ fn compute_f32_streams(
                 let rows = &all[at..at + (nr - 1) * ws + k];
                 let tile = backend.tile_strided(xs, k, mr, rows, ws, nr);
                 for (ii, tile_row) in tile.iter().enumerate().take(mr) {
-                    for (jj, &v) in tile_row.iter().enumerate().take(nr) {
-                        let col = j + jj;
-                        // SAFETY: i + ii < m and col < n; col lies in this call's `cols`, which
-                        // no other thread writes.
-                        unsafe { out.write(i + ii, col, with_bias(v, bias, col)) };
-                    }
+                    // SAFETY: i + ii < m and j + nr ≤ je ≤ n; the columns lie in this call's
+                    // `cols`, which no other thread writes.
+                    unsafe { out.write_row(i + ii, j, &tile_row[..nr], bias) };
                 }
                 j += nr;
             }

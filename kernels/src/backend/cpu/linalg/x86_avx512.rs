@@ -137,12 +137,7 @@ impl Avx512 {
         count: usize,
         out: &mut [f32],
     ) {
-        let prefetch = self.panel_prefetch;
-        match panels {
-            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, prefetch.for_f32()),
-            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
-            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
-        }
+        self.panels_prefetching(x, k, mr, panels, count, out, self.panel_prefetch)
     }
 
     /// [`Avx512::panels`] on panels in cache (a block of prefill that every tile of `x` passes
@@ -156,11 +151,26 @@ impl Avx512 {
         count: usize,
         out: &mut [f32],
     ) {
-        let off = Prefetch::Off;
+        self.panels_prefetching(x, k, mr, panels, count, out, Prefetch::Off)
+    }
+
+    /// [`Avx512::panels`] with the prefetch policy `prefetch` for 16-bit panels
+    /// ([`Prefetch::for_f32`] of it for f32 ones).
+    #[allow(clippy::too_many_arguments)]
+    fn panels_prefetching(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        panels: WeightRef<'_>,
+        count: usize,
+        out: &mut [f32],
+        prefetch: Prefetch,
+    ) {
         match panels {
-            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, off),
-            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out, off),
-            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out, off),
+            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out, prefetch.for_f32()),
+            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
+            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out, prefetch),
         }
     }
 
