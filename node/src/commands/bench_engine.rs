@@ -243,30 +243,35 @@ fn prefill_rate(
 fn gemm_peak(model: &Model<CpuBackend>, m: usize, repeat: usize) -> f64 {
     let c = model.config();
     let (k, n) = (c.hidden_size, 2 * c.intermediate_size);
-    let value = |i: usize| ((i % 13) as f32 - 6.0) * 0.01;
     // The weights on huge pages, as the model's are (`linalg::Arena`).
     let arena = linalg::Arena::with_region_bytes(0);
     match model.weight_dtype() {
         DType::F32 => {
-            let mut w = arena.alloc::<f32>(n * k);
-            w.iter_mut().enumerate().for_each(|(i, v)| *v = value(i));
+            let w = filled(&arena, n * k, |v| v);
             time_matmul(model, m, k, linalg::WeightRef::F32(&w), n, repeat)
         }
         DType::F16 => {
-            let mut w = arena.alloc::<f16>(n * k);
-            w.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = f16::from_f32(value(i)));
+            let w = filled(&arena, n * k, f16::from_f32);
             time_matmul(model, m, k, linalg::WeightRef::F16(&w), n, repeat)
         }
         DType::BF16 => {
-            let mut w = arena.alloc::<bf16>(n * k);
-            w.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = bf16::from_f32(value(i)));
+            let w = filled(&arena, n * k, bf16::from_f32);
             time_matmul(model, m, k, linalg::WeightRef::BF16(&w), n, repeat)
         }
     }
+}
+
+/// `len` weights in `arena`, small values of a fixed pattern converted by `from`.
+fn filled<T: linalg::Element>(
+    arena: &linalg::Arena,
+    len: usize,
+    from: impl Fn(f32) -> T,
+) -> linalg::Slab<T> {
+    let mut w = arena.alloc::<T>(len);
+    for (i, v) in w.iter_mut().enumerate() {
+        *v = from(((i % 13) as f32 - 6.0) * 0.01);
+    }
+    w
 }
 
 /// FLOP/s of the best of `repeat` (at least 5) products of `m` rows with `w` (`[n, k]`),
