@@ -70,7 +70,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             .flat_map(|(_, runs)| runs.iter().map(|r| r.bandwidth))
             .fold(0.0f64, f64::max);
         println!(
-            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step; read patterns (GB/s, first probe): {patterns}; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s |",
+            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step; read patterns (GB/s, first probe): {patterns}; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s; kernels: {} |",
             best_probe / 1e9,
             decoded
                 .iter()
@@ -79,7 +79,8 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             step_bytes / 1e6,
             gemm / 1e9,
             args.prompt_tokens,
-            fma / 1e9
+            fma / 1e9,
+            linalg::kernels_in_use()
         );
         for (batch, runs) in decoded {
             let steps = |rate: f64| rate / batch as f64;

@@ -26,6 +26,10 @@ pub(super) enum ReadPattern {
     /// Blocks of 8 rows of this many floats, the 8 rows read side by side: 8 streams a row
     /// apart, as a GEMV tile of 8 row-major weight rows reads them.
     Rows(usize),
+    /// The share as 8 long streams read side by side, as the decode kernels read weights
+    /// packed in the `Streams` layout (with its skew: the streams an odd number of cache lines,
+    /// 33 past a multiple of 64, apart), and prefetched as the AVX-512 stream kernel does.
+    Streams,
 }
 
 impl ReadPattern {
@@ -34,16 +38,29 @@ impl ReadPattern {
             ReadPattern::Sequential => "sequential".into(),
             ReadPattern::Prefetched => "prefetched".into(),
             ReadPattern::Rows(row) => format!("8 rows of {} KiB", row * 4 / 1024),
+            ReadPattern::Streams => "8 streams".into(),
         }
     }
 
     /// Every pattern a probe tries.
-    const ALL: [ReadPattern; 4] = [
+    const ALL: [ReadPattern; 5] = [
         ReadPattern::Sequential,
         ReadPattern::Prefetched,
         ReadPattern::Rows(1024),
         ReadPattern::Rows(4096),
+        ReadPattern::Streams,
     ];
+}
+
+/// The row length (floats) that reads `len` floats as [`ReadPattern::Streams`]: an eighth of
+/// them, in whole cache lines, 33 lines past a multiple of 64 (as `packed` skews its streams).
+pub(super) fn stream_row(len: usize) -> usize {
+    const FLOATS_PER_LINE: usize = 16;
+    let lines = len / 8 / FLOATS_PER_LINE;
+    if lines < 64 {
+        return lines.max(1) * FLOATS_PER_LINE;
+    }
+    (lines - (lines + 64 - 33) % 64) * FLOATS_PER_LINE
 }
 
 /// A buffer for measuring memory read bandwidth again and again (a benchmark pairs each of its
@@ -54,10 +71,11 @@ impl ReadPattern {
 /// then has every thread of the pool sum its own contiguous share with wide vector loads and
 /// several accumulators. The time of a pass includes the pool dispatch, as a `matmul_t` call's
 /// does. Every pass reads the buffer in each [`ReadPattern`] (one stream, one stream with
-/// software prefetch ahead of it, eight streams a row apart), and the fastest read counts:
-/// which one wins depends on the machine (a Zen 3 core reads eight streams ~25% faster than
-/// one, and one stream slower with software prefetch than without), and the ceiling must be the
-/// best the machine does, not the decode kernel's own way of reading.
+/// software prefetch ahead of it, eight streams a row apart, eight long streams), and the
+/// fastest read counts: which one wins depends on the machine (a Zen 3 core reads eight streams
+/// ~25% faster than one, and one stream slower with software prefetch than without; an Ice
+/// Lake core eight long streams ~1.3× faster than one), and the ceiling must be the best the
+/// machine does, not the decode kernel's own way of reading.
 pub struct ReadProbe {
     buf: Slab<f32>,
 }

@@ -2,10 +2,11 @@
 //! pool, walks each thread's rows in L2-sized blocks, and drives the per-ISA micro-kernel over
 //! `mr × nr` tiles. It never splits `k`, so the per-element reduction order stays canonical.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::packed::{CHUNK, Layout, PANEL, Packed, padded_k, unpack_rows};
+use super::packed::{Layout, PANEL, Packed, padded_k, unpack_rows};
 use super::{Backend, MAX_PANEL_MR, WeightRef};
 
 /// The weights of one product.
@@ -138,19 +139,19 @@ fn blocks_of(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
     if !prefill_on_panels(backend, m) {
         return block_rows(k);
     }
-    // Packed panels are read in their dtype, row-major weights interleaved into f32 ones.
+    // Packed panels are read in their dtype, other weights interleaved into f32 panels.
     let element = match w {
-        Weights::Packed(p) => p.element_bytes(),
-        Weights::Rows(_) => size_of::<f32>(),
+        Weights::Packed(p) if p.layout() == Layout::Panels => p.element_bytes(),
+        _ => size_of::<f32>(),
     };
     panel_block_rows(k, element)
 }
 
-/// Whether `m` rows of `x` run on panels ([`compute_panel_blocks`]): where weights are
-/// packed as panels, many rows of `x` run on panels too (the panel kernel streams a tile's
-/// weight rows from L2 as one sequence).
+/// Whether `m` rows of `x` run on panels ([`compute_panel_blocks`]): where the instruction
+/// set has the panel kernel, many rows of `x` run on panels (it streams a tile's weight rows
+/// from L2 as one sequence), whatever layout the weights are stored in.
 fn prefill_on_panels(backend: Backend, m: usize) -> bool {
-    m > backend.tile_mr() && backend.pack_layout() == Some(Layout::Panels)
+    m > backend.tile_mr() && backend.prefill_panels()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -331,10 +332,8 @@ fn compute_blocks(
     // One pass of x tiles over each block (decode, weights as they are): the weights stream from
     // memory once; otherwise the block is cached for every x tile after the first.
     let streamed = !pack && m <= backend.tile_mr();
-    PANEL_SCRATCH.with_borrow_mut(|panel| {
-        if pack {
-            panel.resize(nb.min(cols.len()) * k, 0.0);
-        }
+    let scratch = if pack { nb.min(cols.len()) * k } else { 0 };
+    with_scratch(scratch, |panel| {
         let mut jb = cols.start;
         while jb < cols.end {
             let je = (jb + nb).min(cols.end);
@@ -387,12 +386,13 @@ fn compute_blocks(
 /// [`compute_blocks`] for many rows of `x` on the panel kernel: every `x` tile of up to
 /// `panel_mr()` rows runs over each L2-sized block of `cols` in the `Panels` layout (8 rows,
 /// their 16-element chunks interleaved, `k` zero-padded to whole chunks), so a tile's 8 weight
-/// rows are one sequential stream instead of 8 rows a row apart. Packed weights are read where
-/// they are, 16-bit ones widened in registers: widening a block into f32 panels once would
-/// save the conversions but double the bytes every tile reads from L2, and L2 is what the
+/// rows are one sequential stream instead of 8 rows a row apart. Weights packed as panels are
+/// read where they are, 16-bit ones widened in registers: widening a block into f32 panels once
+/// would save the conversions but double the bytes every tile reads from L2, and L2 is what the
 /// kernel waits on (Zen 5: the f16 prefill matmul 1.05–1.14× faster in place, 1.3–1.45× for
-/// 16 rows of `x`; docs/BENCHMARKS.md). Row-major weights are interleaved into f32 panels
-/// first. The bits are the row-major tile's (the panel kernel's order is the canonical one).
+/// 16 rows of `x`; docs/BENCHMARKS.md). Row-major weights and weights packed as streams are
+/// interleaved into f32 panels first. The bits are the row-major tile's (the panel kernel's
+/// order is the canonical one, and widening is exact).
 #[allow(clippy::too_many_arguments)]
 fn compute_panel_blocks(
     backend: Backend,
@@ -408,18 +408,31 @@ fn compute_panel_blocks(
     let (nb, kp) = (blocks_of(backend, m, k, w), padded_k(k));
     let per_panel = PANEL * kp;
     let mut results = [0.0f32; MAX_PANEL_MR * PANELS_PER_CALL * PANEL];
-    PANEL_SCRATCH.with_borrow_mut(|scratch| {
-        let mut row = Vec::new();
+    let in_place = matches!(w, Weights::Packed(p) if p.layout() == Layout::Panels);
+    let most = if in_place {
+        0
+    } else {
+        nb.min(cols.len()).div_ceil(PANEL) * per_panel
+    };
+    with_scratch(most, |scratch| {
         let mut jb = cols.start;
         while jb < cols.end {
             let je = (jb + nb).min(cols.end);
             let count = (je - jb).div_ceil(PANEL);
             let first = jb / PANEL;
             let panels = match w {
-                Weights::Packed(p) => p.panels(first..first + count),
+                Weights::Packed(p) if p.layout() == Layout::Panels => {
+                    p.panels(first..first + count)
+                }
+                Weights::Packed(p) => {
+                    let scratch = &mut scratch[..count * per_panel];
+                    interleave_rows(backend, |j| p.row(j), k, jb..je, scratch);
+                    WeightRef::F32(scratch)
+                }
                 Weights::Rows(w) => {
-                    scratch.resize(count * per_panel, 0.0);
-                    interleave_rows(backend, w, k, jb..je, scratch, &mut row);
+                    let scratch = &mut scratch[..count * per_panel];
+                    let row_of = |j: usize| w.slice(j * k..(j + 1) * k);
+                    interleave_rows(backend, row_of, k, jb..je, scratch);
                     WeightRef::F32(scratch)
                 }
             };
@@ -450,32 +463,23 @@ fn compute_panel_blocks(
     });
 }
 
-/// Lays out rows `rows` of row-major `w` (`[n, k]`) as f32 panels in `dst` (whole panels: rows
-/// past the end and `k` up to whole chunks are zeros), each row widened through `row`.
-fn interleave_rows(
+/// Lays out rows `rows` of a weight matrix (`row_of(j)`: row `j`, `k` elements) as f32
+/// panels in `dst` (whole panels: rows past the end and `k` up to whole chunks are zeros),
+/// one panel at a time.
+fn interleave_rows<'w>(
     backend: Backend,
-    w: WeightRef<'_>,
+    row_of: impl Fn(usize) -> WeightRef<'w>,
     k: usize,
     rows: Range<usize>,
     dst: &mut [f32],
-    row: &mut Vec<f32>,
 ) {
-    let kp = padded_k(k);
-    row.resize(k, 0.0);
-    for (i, j) in (rows.start..rows.start + dst.len() / kp).enumerate() {
-        if j < rows.end {
-            backend.convert(w.slice(j * k..(j + 1) * k), row);
-        } else {
-            row.fill(0.0);
-        }
-        // Row i of its panel: chunk c at the panel's chunk c · PANEL + i % PANEL.
-        let (base, lane) = ((i / PANEL) * PANEL * kp, (i % PANEL) * CHUNK);
-        for c in 0..kp / CHUNK {
-            let at = base + c * PANEL * CHUNK + lane;
-            let (from, to) = (c * CHUNK, ((c + 1) * CHUNK).min(k));
-            dst[at..at + to - from].copy_from_slice(&row[from..to]);
-            dst[at + to - from..at + CHUNK].fill(0.0);
-        }
+    let per_panel = PANEL * padded_k(k);
+    for (p, panel) in dst.chunks_exact_mut(per_panel).enumerate() {
+        let first = rows.start + p * PANEL;
+        let present = rows.end.saturating_sub(first).min(PANEL);
+        let sources: [Option<WeightRef<'w>>; PANEL] =
+            std::array::from_fn(|r| (r < present).then(|| row_of(first + r)));
+        backend.interleave_panel(&sources, k, panel);
     }
 }
 
@@ -523,9 +527,20 @@ fn compute_f32_streams(
 }
 
 thread_local! {
-    /// The f32 panel [`compute_blocks`] widens weights into, kept per thread across calls: a
-    /// fresh megabyte per call would be a fresh mapping, faulted in page by page.
-    static PANEL_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The f32 block [`compute_blocks`] and [`compute_panel_blocks`] widen weights into, kept
+    /// per thread across calls: a fresh megabyte per call would be a fresh mapping, faulted in
+    /// page by page. (On huge pages from an `Arena` it measured the same on Ice Lake.)
+    static PANEL_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch block ([`PANEL_SCRATCH`]), `len` floats long.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PANEL_SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < len {
+            scratch.resize(len, 0.0);
+        }
+        f(&mut scratch[..len])
+    })
 }
 
 #[cfg(test)]

@@ -85,6 +85,34 @@ impl<'a> WeightRef<'a> {
         }
     }
 
+    /// The f32 elements; panics on another dtype (for callers that matched the dtype of a
+    /// sibling already).
+    fn as_f32(self) -> &'a [f32] {
+        match self {
+            WeightRef::F32(w) => w,
+            other => panic!(
+                "weights of {} bytes where f32 was expected",
+                other.element_size()
+            ),
+        }
+    }
+
+    /// The f16 elements; panics on another dtype (see [`WeightRef::as_f32`]).
+    fn as_f16(self) -> &'a [f16] {
+        match self {
+            WeightRef::F16(w) => w,
+            _ => panic!("weights that are not f16 where f16 was expected"),
+        }
+    }
+
+    /// The bf16 elements; panics on another dtype (see [`WeightRef::as_f32`]).
+    fn as_bf16(self) -> &'a [bf16] {
+        match self {
+            WeightRef::BF16(w) => w,
+            _ => panic!("weights that are not bf16 where bf16 was expected"),
+        }
+    }
+
     /// The elements in `range`, in the same dtype.
     fn slice(&self, range: Range<usize>) -> WeightRef<'a> {
         match *self {
@@ -350,6 +378,23 @@ enum Backend {
     Avx512(x86_avx512::Avx512),
 }
 
+/// The instruction set this process computes with and the layout it packs weights in (for
+/// benchmark reports), e.g. `AVX-512, weights packed as streams`.
+pub fn kernels_in_use() -> String {
+    let isa = match backend() {
+        Backend::Scalar(_) => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2(_) => "AVX2",
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512(_) => "AVX-512",
+    };
+    match backend().pack_layout() {
+        Some(packed::Layout::Panels) => format!("{isa}, weights packed as panels"),
+        Some(packed::Layout::Streams) => format!("{isa}, weights packed as streams"),
+        None => format!("{isa}, weights row-major"),
+    }
+}
+
 /// Detects the best instruction set once per process.
 fn backend() -> Backend {
     static BACKEND: OnceLock<Backend> = OnceLock::new();
@@ -509,7 +554,30 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(_) => Some(packed::Layout::Streams),
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(_) => Some(packed::Layout::Panels),
+            Backend::Avx512(isa) => Some(isa.layout()),
+        }
+    }
+
+    /// Every layout this instruction set's kernels read ([`Backend::pack_layout`] is the one
+    /// weights are packed in).
+    fn pack_layouts(self) -> &'static [packed::Layout] {
+        match self {
+            Backend::Scalar(_) => &[],
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => &[packed::Layout::Streams],
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => &[packed::Layout::Panels, packed::Layout::Streams],
+        }
+    }
+
+    /// Whether this instruction set runs many rows of `x` on L2-sized blocks of panels (the
+    /// panel kernel, AVX-512): packed panels where they lie, other weights interleaved into f32
+    /// panels first.
+    fn prefill_panels(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => true,
+            _ => false,
         }
     }
 
@@ -538,12 +606,24 @@ impl Backend {
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(isa) => {
-                let count = panels.len();
-                isa.panels(x, k, mr, w.panels(panels), count, out)
-            }
+            Backend::Avx512(isa) => match w.layout() {
+                packed::Layout::Panels => {
+                    let count = panels.len();
+                    isa.panels(x, k, mr, w.panels(panels), count, out)
+                }
+                packed::Layout::Streams => {
+                    isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out)
+                }
+            },
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out),
+            Backend::Avx2(isa) => {
+                assert_eq!(
+                    w.layout(),
+                    packed::Layout::Streams,
+                    "AVX2 reads streams only"
+                );
+                isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out)
+            }
             _ => unreachable!("no packed-weight kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
@@ -574,6 +654,23 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.unpack(src, k, rows, dst),
             _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
+        }
+    }
+
+    /// Lays out up to [`PANEL`](packed::PANEL) weight rows (`k` elements each, `None` for a
+    /// row of zeros) as one f32 panel of the `Panels` layout in `dst` (`PANEL · padded_k(k)`
+    /// elements; zeros past `k`), widening them exactly; only where the panel kernel runs
+    /// prefill ([`Backend::prefill_panels`]).
+    fn interleave_panel(
+        self,
+        rows: &[Option<WeightRef<'_>>; packed::PANEL],
+        k: usize,
+        dst: &mut [f32],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => isa.interleave_panel(rows, k, dst),
+            _ => unreachable!("no panel kernel for {self:?}"),
         }
     }
 
@@ -620,21 +717,23 @@ impl Backend {
     /// Sum of `data` read in `pattern` with several independent vector accumulators.
     fn read(self, data: &[f32], pattern: bandwidth::ReadPattern) -> f32 {
         use bandwidth::ReadPattern::*;
-        match (self, pattern) {
-            (Backend::Scalar(isa), Sequential | Prefetched) => isa.read_sum(data, false),
-            (Backend::Scalar(isa), Rows(row)) => isa.read_rows(data, row),
+        // Blocks of 8 rows of this many floats, or one stream (`None`).
+        let rows = match pattern {
+            Sequential | Prefetched => None,
+            Rows(row) => Some(row),
+            Streams => Some(bandwidth::stream_row(data.len())),
+        };
+        match (self, rows) {
+            (Backend::Scalar(isa), None) => isa.read_sum(data, false),
+            (Backend::Scalar(isa), Some(row)) => isa.read_rows(data, row),
             #[cfg(target_arch = "x86_64")]
-            (Backend::Avx2(isa), Sequential | Prefetched) => {
-                isa.read_sum(data, pattern == Prefetched)
-            }
+            (Backend::Avx2(isa), None) => isa.read_sum(data, pattern == Prefetched),
             #[cfg(target_arch = "x86_64")]
-            (Backend::Avx2(isa), Rows(row)) => isa.read_rows(data, row),
+            (Backend::Avx2(isa), Some(row)) => isa.read_rows(data, row),
             #[cfg(target_arch = "x86_64")]
-            (Backend::Avx512(isa), Sequential | Prefetched) => {
-                isa.read_sum(data, pattern == Prefetched)
-            }
+            (Backend::Avx512(isa), None) => isa.read_sum(data, pattern == Prefetched),
             #[cfg(target_arch = "x86_64")]
-            (Backend::Avx512(isa), Rows(row)) => isa.read_rows(data, row),
+            (Backend::Avx512(isa), Some(row)) => isa.read_rows(data, row, pattern == Streams),
         }
     }
 }

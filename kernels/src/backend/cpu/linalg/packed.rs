@@ -1,25 +1,28 @@
 //! Weights (f32, f16, bf16) repacked for decode, in one of two layouts, whichever the process's
-//! decode kernel reads best (the instruction set decides; docs/BENCHMARKS.md has the figures):
+//! decode kernel reads best (the CPU decides: `Backend::pack_layout`; docs/BENCHMARKS.md has
+//! the figures):
 //!
-//! - **Panels** (AVX-512): panels of [`PANEL`] weight rows whose chunks `C` ([`CHUNK`], one
-//!   vector) are interleaved, so the decode kernel reads one sequential stream per panel,
-//!   with software prefetch ahead of it on Intel. Prefill runs the same kernel over an
-//!   L2-sized block of panels where they lie, so a tile's weight rows are one stream from L2
-//!   there too. A 16-bit weight is half the bytes of an f32 one but
+//! - **Panels** (AVX-512 on AMD and on Intel from Sapphire Rapids): panels of [`PANEL`] weight
+//!   rows whose chunks `C` ([`CHUNK`], one vector) are interleaved, so the decode kernel reads
+//!   one sequential stream per panel, with software prefetch ahead of it. Prefill runs the
+//!   same kernel over an L2-sized block of panels where they lie, so a tile's weight rows are
+//!   one stream from L2 there too. A 16-bit weight is half the bytes of an f32 one but
 //!   costs the same instructions per element, so with a row-major matrix the core's
 //!   out-of-order window covers half as many bytes of the eight row streams, and the
 //!   hardware prefetchers of a Sapphire Rapids core fell behind. `n` is padded with zero
 //!   rows to a multiple of [`PANEL`], `k` with zeros to a multiple of `C` (`kp`); element
 //!   `(j, l)` lives at `(j / PANEL) · PANEL · kp + ((l / C) · PANEL + j % PANEL) · C + l % C`.
-//! - **Streams** (AVX2): [`PANEL`] streams, stream `r` holding rows `r, r + PANEL, r + 2·PANEL,
-//!   …` whole, one after the other; element `(j, l)` lives at
-//!   `(j % PANEL) · s + (j / PANEL) · k + l`, the stream stride `s` a little over
-//!   `⌈n / PANEL⌉ · k` so that the streams do not start at one offset modulo 4 or 64 KiB
-//!   (`stream_stride`). The decode kernel's 1×8 tile reads
+//! - **Streams** (AVX2, and AVX-512 on Intel before Sapphire Rapids): [`PANEL`] streams,
+//!   stream `r` holding rows `r, r + PANEL, r + 2·PANEL, …` whole, one after the other;
+//!   element `(j, l)` lives at `(j % PANEL) · s + (j / PANEL) · k + l`, the stream stride `s`
+//!   a little over `⌈n / PANEL⌉ · k` so that the streams do not start at one offset modulo 4
+//!   or 64 KiB (`stream_stride`). The decode kernel's 1×8 tile reads
 //!   the eight rows of one panel side by side, and the next panel's rows continue each
 //!   stream, so a core reads eight long sequential streams. A Zen 3 core reads that pattern
 //!   ~25% faster than one stream (prefetched or not) and than eight rows that jump every
-//!   tile (row-major), which is what its hardware prefetchers like.
+//!   tile (row-major), which is what its hardware prefetchers like; an Ice Lake core reads
+//!   it ~1.3× faster than one stream (whose L2 streamer runs ahead of one stream a 4 KiB page
+//!   at a time). Prefill on AVX-512 widens each L2-sized block of streams into f32 panels.
 //!
 //! The padding is never read as a result: padded rows are dropped, and padded columns meet the
 //! zeros the kernels load for `x` past `k`, which is what the row-major kernels do with their
@@ -67,10 +70,9 @@ pub struct Packed {
 }
 
 impl Packed {
-    /// Repacks row-major weights `[n, k]` into memory of their own; `None` when this CPU's
-    /// kernels do not read packed weights, and for f32 in the [`Layout::Panels`] layout (the
-    /// AVX-512 kernels read f32 rows at the machine's bandwidth already; the eight rows a Zen 3
-    /// tile reads side by side sit 4 KiB apart for `k = 1024` and read slower than streams).
+    /// Repacks row-major weights `[n, k]` (any dtype) into memory of their own, in the layout
+    /// this CPU's decode kernel reads fastest; `None` when its kernels do not read packed
+    /// weights (the portable code).
     pub fn new(w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
         Packed::new_in(&Arena::with_region_bytes(0), w, n, k)
     }
@@ -79,13 +81,29 @@ impl Packed {
     /// its forward pass reads them; see `arena`).
     pub fn new_in(arena: &Arena, w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
         let layout = super::backend().pack_layout()?;
+        Some(Packed::new_as(arena, w, n, k, layout))
+    }
+
+    /// [`Packed::new_in`] in `layout`, which this CPU's kernels must read
+    /// ([`Backend::pack_layouts`](super::Backend::pack_layouts)).
+    pub(super) fn new_as(
+        arena: &Arena,
+        w: WeightRef<'_>,
+        n: usize,
+        k: usize,
+        layout: Layout,
+    ) -> Packed {
         assert_eq!(w.len(), n * k, "Packed::new: w is not [n, k]");
+        assert!(
+            super::backend().pack_layouts().contains(&layout),
+            "Packed::new: this CPU's kernels do not read {layout:?}"
+        );
         let data = match w {
             WeightRef::F32(w) => PackedData::F32(pack(arena, layout, w, n, k)),
             WeightRef::F16(w) => PackedData::F16(pack(arena, layout, w, n, k)),
             WeightRef::BF16(w) => PackedData::BF16(pack(arena, layout, w, n, k)),
         };
-        Some(Packed { data, n, k, layout })
+        Packed { data, n, k, layout }
     }
 
     /// Rows (`n`) of the matrix, without padding.
@@ -135,6 +153,23 @@ impl Packed {
             PackedData::F16(w) => WeightRef::F16(w),
             PackedData::BF16(w) => WeightRef::BF16(w),
         }
+    }
+
+    /// The layout the elements lie in.
+    pub(super) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Row `j` (`k` elements in their dtype; the [`Layout::Streams`] layout, where a row lies
+    /// whole).
+    pub(super) fn row(&self, j: usize) -> WeightRef<'_> {
+        assert!(
+            self.layout == Layout::Streams && j < self.n,
+            "Packed::row {j} of {:?}",
+            self.layout
+        );
+        let at = index(self.layout, self.n, self.k, self.element_bytes(), j, 0);
+        self.all().slice(at..at + self.k)
     }
 
     /// Elements from the start of one stream to the next (the [`Layout::Streams`] layout).
@@ -233,10 +268,8 @@ pub(super) fn unpack_rows(w: &Packed, rows: Range<usize>, dst: &mut [f32]) {
             super::backend().unpack(panels, w.k, rows.len(), dst);
         }
         Layout::Streams => {
-            let k = w.k;
-            for (j, out) in rows.zip(dst.chunks_exact_mut(k.max(1))) {
-                let at = index(w.layout, w.n, k, w.element_bytes(), j, 0);
-                super::backend().convert(w.all().slice(at..at + k), out);
+            for (j, out) in rows.zip(dst.chunks_exact_mut(w.k.max(1))) {
+                super::backend().convert(w.row(j), out);
             }
         }
     }

@@ -188,8 +188,9 @@ fn simd_kernels_equal_the_canonical_definition() {
     }
 }
 
-/// Packed (panel) weights give the bits of the row-major product they were made from, for
-/// decode row counts (the panel kernel) and prefill ones (widened back to rows), with `n` and
+/// Packed weights, in every layout this CPU's kernels read, give the bits of the row-major
+/// product they were made from, for decode row counts (the panel and stream kernels) and
+/// prefill ones (panels in place, or rows widened into panels or back to rows), with `n` and
 /// `k` tails, on one and two threads.
 #[test]
 fn packed_weights_equal_row_major_bitwise() {
@@ -197,6 +198,14 @@ fn packed_weights_equal_row_major_bitwise() {
         assert!(Packed::new(WeightRef::F16(&[f16::ZERO; 4]), 2, 2).is_none());
         return;
     }
+    let layouts = backend().pack_layouts();
+    assert!(layouts.contains(&backend().pack_layout().unwrap()));
+    for &layout in layouts {
+        packed_layout_equals_row_major_bitwise(layout);
+    }
+}
+
+fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
     for (n, k) in [
         (1, 1),
         (7, 15),
@@ -208,11 +217,7 @@ fn packed_weights_equal_row_major_bitwise() {
     ] {
         for dtype in 0..3 {
             let w = Weights::new(dtype, &values((n * k) as u64, n * k));
-            let Some(packed) = Packed::new(w.view(), n, k) else {
-                // Only f32 in the AVX-512 panels stays row-major.
-                assert!(dtype == 0 && backend().pack_layout() == Some(packed::Layout::Panels));
-                continue;
-            };
+            let packed = Packed::new_as(&Arena::with_region_bytes(0), w.view(), n, k, layout);
             assert_eq!((packed.rows(), packed.cols()), (n, k));
             let mut row = vec![0.0f32; k];
             for j in [0, n / 2, n - 1] {
@@ -233,7 +238,7 @@ fn packed_weights_equal_row_major_bitwise() {
                         .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
                         same,
-                        "{m}x{k} by packed {n}x{k} (dtype {dtype}, {threads} threads)"
+                        "{m}x{k} by {layout:?} {n}x{k} (dtype {dtype}, {threads} threads)"
                     );
                 }
             }
@@ -441,7 +446,8 @@ fn prefetching_does_not_change_the_bits() {
         let (n, k) = (24, 72);
         for dtype in 0..3 {
             let w = Weights::new(dtype, &values(13, n * k));
-            let packed = Packed::new(w.view(), n, k).expect("AVX-512 packs weights as panels");
+            let arena = Arena::with_region_bytes(0);
+            let packed = Packed::new_as(&arena, w.view(), n, k, packed::Layout::Panels);
             for mr in 1..=x86_avx512::PANEL_MR {
                 let x = values(14, mr * k);
                 let [off, intel, amd] = x86_avx512::Prefetch::ALL.map(|prefetch| {
@@ -586,6 +592,34 @@ fn exp_sum_has_the_bits_of_the_definition_on_every_isa() {
             for (l, (g, s)) in got.iter().zip(&scores).enumerate() {
                 assert_eq!(g.to_bits(), scalar::exp(s - max).to_bits(), "{isa:?} [{l}]");
             }
+        }
+    }
+}
+
+/// `HELIXFLOW_PACK_LAYOUT` names one of the two layouts; anything else is no override.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn layout_override_names_parse() {
+    use packed::Layout;
+    assert_eq!(x86_avx512::layout_named("streams"), Some(Layout::Streams));
+    assert_eq!(x86_avx512::layout_named(" panels\n"), Some(Layout::Panels));
+    for other in ["", "Panels", "rows", "streams,panels"] {
+        assert_eq!(x86_avx512::layout_named(other), None, "{other:?}");
+    }
+}
+
+/// The probe's eight long streams are whole cache lines, fit the share, and lie an odd number
+/// of lines (33 past a multiple of 64) apart, as packed streams do.
+#[test]
+fn stream_probe_rows_are_skewed_whole_lines() {
+    for len in [16, 1000, 1 << 14, 1 << 20, (1 << 28) + 5] {
+        let row = bandwidth::stream_row(len);
+        assert!(row > 0 && row.is_multiple_of(16), "{len}: {row}");
+        let lines = len / 8 / 16;
+        if lines >= 64 {
+            assert!(8 * row <= len, "{len}: {row}");
+            assert_eq!((row / 16) % 64, 33, "{len}: {row}");
+            assert!(row / 16 + 64 > lines, "{len}: {row} wastes a whole skew");
         }
     }
 }

@@ -12,7 +12,9 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::packed::{PANEL, padded_k};
+use std::ops::Range;
+
+use super::packed::{Layout, PANEL, padded_k};
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
 pub(super) use probe::FMA_CHAINS;
@@ -37,6 +39,50 @@ pub(super) const PANEL_MR: usize = 3;
 pub(super) struct Avx512 {
     /// How the panel kernel prefetches ahead of its stream when decoding (by CPU vendor).
     panel_prefetch: Prefetch,
+    /// The layout weights are packed in for this CPU ([`default_layout`], or the
+    /// [`LAYOUT_ENV`] override).
+    layout: Layout,
+}
+
+/// The environment variable that overrides the packed-weight layout on AVX-512 CPUs:
+/// `panels` or `streams` (to measure both on one machine; `bench-engine` prints which ran).
+pub const LAYOUT_ENV: &str = "HELIXFLOW_PACK_LAYOUT";
+
+/// The layout an AVX-512 CPU reads its decode weights fastest in, by what was measured (see
+/// docs/BENCHMARKS.md): one stream per panel on AMD (Zen 5: 0.88–0.92 of the ceiling in f16,
+/// 0.96 in f32) and on Intel cores with AVX512-FP16 (Sapphire Rapids: the panel kernel read
+/// 0.97 of the probe); eight long streams on Intel cores before them (Ice Lake: a core reads
+/// one stream at ~11 GB/s and eight page-apart streams at ~14–15; its L2 streamer follows
+/// one stream per 4 KiB page, so it runs ahead of eight streams at once but of one stream
+/// only a page at a time).
+fn default_layout(amd: bool) -> Layout {
+    if !amd && !is_x86_feature_detected!("avx512fp16") {
+        Layout::Streams
+    } else {
+        Layout::Panels
+    }
+}
+
+/// The layout [`LAYOUT_ENV`] names, if it is set to one; any other value is ignored with a
+/// warning.
+fn layout_override() -> Option<Layout> {
+    let value = std::env::var(LAYOUT_ENV).ok()?;
+    let layout = layout_named(&value);
+    if layout.is_none() {
+        tracing::warn!(
+            "{LAYOUT_ENV}={value:?} is neither \"panels\" nor \"streams\"; using this CPU's default"
+        );
+    }
+    layout
+}
+
+/// The layout called `name` (`panels` or `streams`, surrounding whitespace ignored).
+pub(super) fn layout_named(name: &str) -> Option<Layout> {
+    match name.trim() {
+        "panels" => Some(Layout::Panels),
+        "streams" => Some(Layout::Streams),
+        _ => None,
+    }
 }
 
 /// Software prefetch of the panel kernel ahead of its stream ([`prefetch_ahead`]).
@@ -78,25 +124,33 @@ impl Avx512 {
         let ok = is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl");
-        ok.then(|| Avx512 {
-            panel_prefetch: if is_amd() {
-                Prefetch::Amd
-            } else {
-                Prefetch::Intel
-            },
+        ok.then(|| {
+            let amd = is_amd();
+            Avx512 {
+                panel_prefetch: if amd { Prefetch::Amd } else { Prefetch::Intel },
+                layout: layout_override().unwrap_or_else(|| default_layout(amd)),
+            }
         })
+    }
+
+    /// The layout this CPU's weights are packed in.
+    pub(super) fn layout(self) -> Layout {
+        self.layout
     }
 
     /// The same proof with another panel prefetch (tests compare them).
     #[cfg(test)]
     pub(super) fn with_panel_prefetch(self, panel_prefetch: Prefetch) -> Self {
-        Avx512 { panel_prefetch }
+        Avx512 {
+            panel_prefetch,
+            ..self
+        }
     }
 
     /// A tile whose weights are cached (a block that every x tile passes over, or data the
     /// caller just wrote): no prefetch.
     pub(super) fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
-        self.tile_prefetching::<false>(x, k, mr, w, nr)
+        self.tile_prefetching::<{ TilePrefetch::Cached as u8 }>(x, k, mr, w, nr)
     }
 
     /// A tile whose weights come from memory once, the next tile's rows after them (decode on
@@ -109,11 +163,11 @@ impl Avx512 {
         w: WeightRef<'_>,
         nr: usize,
     ) -> Tile {
-        self.tile_prefetching::<true>(x, k, mr, w, nr)
+        self.tile_prefetching::<{ TilePrefetch::NextTile as u8 }>(x, k, mr, w, nr)
     }
 
-    /// [`Avx512::tile`] (`PREFETCH` false) or [`Avx512::tile_streamed`] (true).
-    fn tile_prefetching<const PREFETCH: bool>(
+    /// [`Avx512::tile`] or [`Avx512::tile_streamed`] (`PREFETCH` a [`TilePrefetch`]).
+    fn tile_prefetching<const PREFETCH: u8>(
         self,
         x: &[f32],
         k: usize,
@@ -157,6 +211,29 @@ impl Avx512 {
         self.panels_prefetching(x, k, mr, panels, count, out, Prefetch::Off)
     }
 
+    /// Dot products of `mr ≤ PANEL_MR` rows of `x` (stride `k`) with the rows of panels
+    /// `panels` of a matrix packed in [`PANEL`] streams `stride` elements apart (see `packed`,
+    /// the `Streams` layout), in the canonical order: row `i` of `x` against row `r` of panel
+    /// `panels.start + q` lands in `out[(i * panels.len() + q) * PANEL + r]`. Each stream is
+    /// prefetched [`STREAM_PREFETCH`] bytes ahead.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn streams(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        w: WeightRef<'_>,
+        stride: usize,
+        panels: Range<usize>,
+        out: &mut [f32],
+    ) {
+        match w {
+            WeightRef::F32(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
+            WeightRef::F16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
+            WeightRef::BF16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
+        }
+    }
+
     /// [`Avx512::panels`] with the prefetch policy `prefetch` for 16-bit panels
     /// ([`Prefetch::for_f32`] of it for f32 ones).
     #[allow(clippy::too_many_arguments)]
@@ -184,6 +261,29 @@ impl Avx512 {
             WeightRef::F32(s) => unpack_typed(self, s, k, rows, dst),
             WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
             WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
+        }
+    }
+
+    /// Lays out up to [`PANEL`] rows (`k` elements each; `None` a row of zeros) as one f32
+    /// panel in `dst` (`PANEL · padded_k(k)` elements, zeros past `k`), widened exactly. Every
+    /// present row has the dtype of the first.
+    pub(super) fn interleave_panel(
+        self,
+        rows: &[Option<WeightRef<'_>>; PANEL],
+        k: usize,
+        dst: &mut [f32],
+    ) {
+        match rows.iter().flatten().next() {
+            None => dst[..PANEL * padded_k(k)].fill(0.0),
+            Some(WeightRef::F32(_)) => {
+                interleave_typed(self, rows.map(|r| r.map(WeightRef::as_f32)), k, dst)
+            }
+            Some(WeightRef::F16(_)) => {
+                interleave_typed(self, rows.map(|r| r.map(WeightRef::as_f16)), k, dst)
+            }
+            Some(WeightRef::BF16(_)) => {
+                interleave_typed(self, rows.map(|r| r.map(WeightRef::as_bf16)), k, dst)
+            }
         }
     }
 
@@ -279,9 +379,17 @@ impl Avx512 {
         unsafe { fma_chains_kernel(iters, seed) }
     }
 
-    pub(super) fn read_rows(self, data: &[f32], row: usize) -> f32 {
+    /// Blocks of 8 rows of `row` floats read side by side; with `prefetch`, as the stream
+    /// kernel prefetches.
+    pub(super) fn read_rows(self, data: &[f32], row: usize, prefetch: bool) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
-        unsafe { read_rows_kernel(data, row) }
+        unsafe {
+            if prefetch {
+                read_rows_kernel::<true>(data, row)
+            } else {
+                read_rows_kernel::<false>(data, row)
+            }
+        }
     }
 
     pub(super) fn read_sum(self, data: &[f32], prefetch: bool) -> f32 {
@@ -356,7 +464,7 @@ impl Load16 for bf16 {
     }
 }
 
-fn tile_typed<W: Load16, const PREFETCH: bool>(
+fn tile_typed<W: Load16, const PREFETCH: u8>(
     _isa: Avx512,
     x: &[f32],
     k: usize,
@@ -378,10 +486,10 @@ fn tile_typed<W: Load16, const PREFETCH: bool>(
         // k elements (asserted above), which is all each kernel reads.
         return unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 8, PREFETCH>(xp, wp, k)),
-                2 => spread(&kernel::<W, 2, 8, PREFETCH>(xp, wp, k)),
-                3 => spread(&kernel::<W, 3, 7, PREFETCH>(xp, wp, k)),
-                _ => spread(&kernel::<W, 4, 6, PREFETCH>(xp, wp, k)),
+                1 => spread(&kernel::<W, 1, 8, PREFETCH>(xp, wp, k, k)),
+                2 => spread(&kernel::<W, 2, 8, PREFETCH>(xp, wp, k, k)),
+                3 => spread(&kernel::<W, 3, 7, PREFETCH>(xp, wp, k, k)),
+                _ => spread(&kernel::<W, 4, 6, PREFETCH>(xp, wp, k, k)),
             }
         };
     }
@@ -392,10 +500,10 @@ fn tile_typed<W: Load16, const PREFETCH: bool>(
         // SAFETY: as above; row j < nr of w starts at j*k and has k elements.
         let col: Tile = unsafe {
             match mr {
-                1 => spread(&kernel::<W, 1, 1, PREFETCH>(xp, wp.add(j * k), k)),
-                2 => spread(&kernel::<W, 2, 1, PREFETCH>(xp, wp.add(j * k), k)),
-                3 => spread(&kernel::<W, 3, 1, PREFETCH>(xp, wp.add(j * k), k)),
-                _ => spread(&kernel::<W, 4, 1, PREFETCH>(xp, wp.add(j * k), k)),
+                1 => spread(&kernel::<W, 1, 1, PREFETCH>(xp, wp.add(j * k), k, k)),
+                2 => spread(&kernel::<W, 2, 1, PREFETCH>(xp, wp.add(j * k), k, k)),
+                3 => spread(&kernel::<W, 3, 1, PREFETCH>(xp, wp.add(j * k), k, k)),
+                _ => spread(&kernel::<W, 4, 1, PREFETCH>(xp, wp.add(j * k), k, k)),
             }
         };
         for i in 0..mr {
@@ -466,6 +574,67 @@ unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
             for (r, &v) in row.iter().enumerate() {
                 // SAFETY: i < MR and q * PANEL + r < count * PANEL (caller contract).
                 unsafe { *out.add(i * count * PANEL + q * PANEL + r) = v };
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn streams_typed<W: Load16>(
+    _isa: Avx512,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    w: &[W],
+    stride: usize,
+    panels: Range<usize>,
+    out: &mut [f32],
+) {
+    assert!((1..=PANEL_MR).contains(&mr), "stream tile of {mr} rows");
+    assert!(
+        x.len() >= mr * k
+            && stride >= panels.end * k
+            && w.len() >= (PANEL - 1) * stride + panels.end * k
+            && out.len() >= mr * panels.len() * PANEL,
+        "stream operands too short"
+    );
+    let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+    // SAFETY: `_isa` proves the features; x holds mr rows of k elements, every row of the
+    // panels (r < PANEL of panel q < panels.end: k elements at r·stride + q·k) lies inside `w`,
+    // and `out` holds mr rows of panels.len()·PANEL results (asserted above).
+    unsafe {
+        match mr {
+            1 => streams_kernel::<W, 1>(xp, wp, k, stride, panels, op),
+            2 => streams_kernel::<W, 2>(xp, wp, k, stride, panels, op),
+            _ => streams_kernel::<W, 3>(xp, wp, k, stride, panels, op),
+        }
+    }
+}
+
+/// `MR` rows of `x` against panels `panels` of a matrix packed as streams: for each panel, the
+/// micro-kernel over its [`PANEL`] rows (one per stream, read side by side), prefetching ahead.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads, `w` for the rows of the panels
+/// (`k` elements at `r·stride + q·k`), `out` for `MR*panels.len()*PANEL` writes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn streams_kernel<W: Load16, const MR: usize>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    stride: usize,
+    panels: Range<usize>,
+    out: *mut f32,
+) {
+    const AHEAD: u8 = TilePrefetch::Ahead as u8;
+    let count = panels.len();
+    for (qi, q) in panels.enumerate() {
+        // SAFETY: the rows of panel q are inside `w` (caller contract).
+        let tile = unsafe { kernel::<W, MR, PANEL, AHEAD>(x, w.add(q * k), k, stride) };
+        for (i, row) in tile.iter().enumerate() {
+            for (r, &v) in row.iter().enumerate() {
+                // SAFETY: i < MR and qi * PANEL + r < count * PANEL (caller contract).
+                unsafe { *out.add(i * count * PANEL + qi * PANEL + r) = v };
             }
         }
     }
@@ -559,37 +728,65 @@ fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
     tile
 }
 
-/// The register micro-kernel: `MR` rows of `x` against `NR` rows of `w`, one 16-lane accumulator
-/// per output, walking `k` in order (canonical order, see the module docs of `linalg`).
+/// What the register micro-kernel prefetches while it reads its weight rows (a const generic
+/// `u8` of [`kernel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TilePrefetch {
+    /// Nothing: the rows are in cache (a block every tile of `x` passes over).
+    Cached,
+    /// The next tile's rows, which follow these in memory (row-major weights streamed once),
+    /// into L2 at the rate this tile reads its own.
+    NextTile,
+    /// Each row [`STREAM_PREFETCH`] bytes ahead of its read position, into L1 (the eight long
+    /// streams of the `Streams` layout).
+    Ahead,
+}
+
+/// Bytes ahead of its read position that each of the eight streams of a stream tile is
+/// prefetched ([`TilePrefetch::Ahead`]).
+const STREAM_PREFETCH: usize = 2048;
+
+/// The register micro-kernel: `MR` rows of `x` against `NR` rows of `w` (`ws` elements apart),
+/// one 16-lane accumulator per output, walking `k` in order (canonical order, see the module
+/// docs of `linalg`). `PREFETCH` is a [`TilePrefetch`].
 ///
 /// # Safety
-/// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads and `w` for `NR*k` reads (row stride `k`).
+/// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads (row stride `k`) and `w` for `NR` rows of
+/// `k` reads `ws` elements apart; with [`TilePrefetch::NextTile`], `ws == k`.
 // Index loops keep the accumulator grid explicit; LLVM unrolls them into registers.
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: bool>(
+unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: u8>(
     x: *const f32,
     w: *const W,
     k: usize,
+    ws: usize,
 ) -> [[f32; NR]; MR] {
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     let full = k / LANES;
-    // With PREFETCH (weights streamed from memory once): the rows of the next tile follow
-    // these in memory; prefetching them into L2 linearly, at the rate this tile consumes its own
-    // rows, keeps DRAM busy across short (2 KiB) rows that the hardware streamer would otherwise
-    // have to re-detect for every tile (row-major f16 decode on Zen 5: 25.7 against 17.5 GiB/s
-    // without). Over a cached block the same prefetches only take load slots: the prefill
-    // matmul ran 1.11–1.19× faster without them there.
+    // With NextTile (row-major weights streamed from memory once): the rows of the next tile
+    // follow these in memory; prefetching them into L2 linearly, at the rate this tile consumes
+    // its own rows, keeps DRAM busy across short (2 KiB) rows that the hardware streamer would
+    // otherwise have to re-detect for every tile (row-major f16 decode on Zen 5: 25.7 against
+    // 17.5 GiB/s without). Over a cached block the same prefetches only take load slots: the
+    // prefill matmul ran 1.11–1.19× faster without them there.
     let chunk_bytes = NR * LANES * size_of::<W>();
     let next_tile = w.cast::<i8>().wrapping_add(NR * k * size_of::<W>());
     for c in 0..full {
         let off = c * LANES;
-        if PREFETCH {
+        if PREFETCH == TilePrefetch::NextTile as u8 {
             let pf = next_tile.wrapping_add(c * chunk_bytes);
             for line in (0..chunk_bytes).step_by(64) {
                 // A prefetch never faults, so running past the matrix end is harmless.
                 _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(line));
+            }
+        }
+        // Once per 64 bytes of each row (every chunk of f32, every other of 16-bit weights).
+        if PREFETCH == TilePrefetch::Ahead as u8 && (off * size_of::<W>()).is_multiple_of(64) {
+            for j in 0..NR {
+                let at = w.wrapping_add(j * ws + off).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(STREAM_PREFETCH));
             }
         }
         let mut xv = [_mm512_setzero_ps(); MR];
@@ -599,7 +796,7 @@ unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: bo
         }
         for j in 0..NR {
             // SAFETY: off + 16 ≤ k, so this reads inside row j of w.
-            let wv = unsafe { W::load(w.add(j * k + off)) };
+            let wv = unsafe { W::load(w.add(j * ws + off)) };
             for i in 0..MR {
                 acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
             }
@@ -616,13 +813,49 @@ unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: bo
         }
         for j in 0..NR {
             // SAFETY: the mask selects only the rem elements left in row j.
-            let wv = unsafe { W::load_masked(w.add(j * k + off), mask) };
+            let wv = unsafe { W::load_masked(w.add(j * ws + off), mask) };
             for i in 0..MR {
                 acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
             }
         }
     }
     hsum_rows(acc)
+}
+
+fn interleave_typed<W: Load16>(
+    _isa: Avx512,
+    rows: [Option<&[W]>; PANEL],
+    k: usize,
+    dst: &mut [f32],
+) {
+    let kp = padded_k(k);
+    assert!(
+        dst.len() >= PANEL * kp && rows.iter().flatten().all(|r| r.len() >= k),
+        "interleave: a panel of {k} columns"
+    );
+    let ptrs = rows.map(|r| r.map(<[W]>::as_ptr));
+    // SAFETY: the token proves the features; every present row holds k elements and `dst` a
+    // whole panel (asserted above).
+    unsafe { interleave_kernel(ptrs, k, dst.as_mut_ptr()) }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL present; each present row valid for `k` reads, `d` for
+/// `PANEL · padded_k(k)` writes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn interleave_kernel<W: Load16>(rows: [Option<*const W>; PANEL], k: usize, d: *mut f32) {
+    for c in 0..k.div_ceil(LANES) {
+        let (off, mask) = (c * LANES, lanes_mask(k - c * LANES));
+        for (r, row) in rows.iter().enumerate() {
+            let v = match row {
+                // SAFETY: the mask selects only the elements of row r left from `off`.
+                Some(p) => unsafe { W::load_masked(p.add(off), mask) },
+                None => _mm512_setzero_ps(),
+            };
+            // SAFETY: chunk c of panel row r is inside the panel (caller contract).
+            unsafe { _mm512_storeu_ps(d.add((c * PANEL + r) * LANES), v) };
+        }
+    }
 }
 
 fn convert_typed<W: Load16>(_isa: Avx512, src: &[W], dst: &mut [f32]) {

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{LANES, kernel};
+use super::{LANES, TilePrefetch, kernel};
 
 /// `out[i·stride + j] = dot(x_i, w_j)·scale`: tiles of two query rows × eight keys (one
 /// transposed lane sum per row), narrower ones for the last keys, each result stored where it
@@ -25,6 +25,7 @@ pub(super) unsafe fn scaled_dots_kernel(
     out: *mut f32,
     stride: usize,
 ) {
+    const CACHED: u8 = TilePrefetch::Cached as u8;
     let mut i = 0;
     while i < m {
         let mr = (m - i).min(2);
@@ -35,7 +36,7 @@ pub(super) unsafe fn scaled_dots_kernel(
                     // SAFETY: rows i..i + $mr of x and j..j + $nr of w exist; the writes land
                     // at (i + ii)·stride + j + jj < (m - 1)·stride + n.
                     unsafe {
-                        let r = kernel::<f32, $mr, $nr, false>(x.add(i * k), w.add(j * k), k);
+                        let r = kernel::<f32, $mr, $nr, CACHED>(x.add(i * k), w.add(j * k), k, k);
                         for (ii, row) in r.iter().enumerate() {
                             for (jj, &v) in row.iter().enumerate() {
                                 *out.add((i + ii) * stride + j + jj) = v * scale;

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{LANES, Prefetch, hsum, prefetch_ahead};
+use super::{LANES, Prefetch, STREAM_PREFETCH, hsum, prefetch_ahead};
 
 /// # Safety
 /// AVX-512 F/BW/VL present.
@@ -51,12 +51,13 @@ pub(super) unsafe fn fma_chains_kernel(iters: usize, seed: f32) -> f32 {
 }
 
 /// Blocks of 8 rows of `row` floats, the rows of a block read side by side (8 streams a row
-/// apart, like the 1×8 GEMV tile).
+/// apart, like the 1×8 GEMV tile); with `PREFETCH`, each row prefetched as the stream kernel
+/// prefetches its rows ([`STREAM_PREFETCH`] ahead).
 ///
 /// # Safety
 /// AVX-512 F/BW/VL present.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn read_rows_kernel(data: &[f32], row: usize) -> f32 {
+pub(super) unsafe fn read_rows_kernel<const PREFETCH: bool>(data: &[f32], row: usize) -> f32 {
     const ROWS: usize = 8;
     let row = (row / LANES).max(1) * LANES;
     let blocks = data.len() / (ROWS * row);
@@ -65,10 +66,13 @@ pub(super) unsafe fn read_rows_kernel(data: &[f32], row: usize) -> f32 {
     for b in 0..blocks {
         for off in (0..row).step_by(LANES) {
             for (r, a) in acc.iter_mut().enumerate() {
+                let at = p.wrapping_add((b * ROWS + r) * row + off);
+                if PREFETCH {
+                    // A prefetch never faults, so running past the end is harmless.
+                    _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>().wrapping_add(STREAM_PREFETCH));
+                }
                 // SAFETY: inside block b < blocks.
-                *a = _mm512_add_ps(*a, unsafe {
-                    _mm512_loadu_ps(p.add((b * ROWS + r) * row + off))
-                });
+                *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(at) });
             }
         }
     }
