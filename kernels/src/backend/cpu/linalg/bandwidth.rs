@@ -26,9 +26,9 @@ pub(super) enum ReadPattern {
     /// Blocks of 8 rows of this many floats, the 8 rows read side by side: 8 streams a row
     /// apart, as a GEMV tile of 8 row-major weight rows reads them.
     Rows(usize),
-    /// The share as 8 long streams read side by side, as the decode kernels read weights
-    /// packed in the `Streams` layout (with its skew: the streams an odd number of cache lines,
-    /// 33 past a multiple of 64, apart), and prefetched as the AVX-512 stream kernel does.
+    /// Blocks of 8 streams of [`STREAM_ROW`] floats read side by side, as the decode kernels
+    /// read a matrix packed in the `Streams` layout (streams a few hundred KiB long, 33 cache
+    /// lines past a multiple of 64 apart), prefetched as the AVX-512 stream kernel does.
     Streams,
 }
 
@@ -38,7 +38,7 @@ impl ReadPattern {
             ReadPattern::Sequential => "sequential".into(),
             ReadPattern::Prefetched => "prefetched".into(),
             ReadPattern::Rows(row) => format!("8 rows of {} KiB", row * 4 / 1024),
-            ReadPattern::Streams => "8 streams".into(),
+            ReadPattern::Streams => format!("8 streams of {} KiB", STREAM_ROW * 4 / 1024),
         }
     }
 
@@ -52,16 +52,10 @@ impl ReadPattern {
     ];
 }
 
-/// The row length (floats) that reads `len` floats as [`ReadPattern::Streams`]: an eighth of
-/// them, in whole cache lines, 33 lines past a multiple of 64 (as `packed` skews its streams).
-pub(super) fn stream_row(len: usize) -> usize {
-    const FLOATS_PER_LINE: usize = 16;
-    let lines = len / 8 / FLOATS_PER_LINE;
-    if lines < 64 {
-        return lines.max(1) * FLOATS_PER_LINE;
-    }
-    (lines - (lines + 64 - 33) % 64) * FLOATS_PER_LINE
-}
+/// Floats per stream of [`ReadPattern::Streams`]: 256 KiB and 33 cache lines, as long as the
+/// streams of the bench model's smaller matrices (`n / 8 · k` weights: 256 KiB for the f16
+/// `o` projection, 1.4 MiB for `gate_up`) and skewed as `packed` skews them.
+pub(super) const STREAM_ROW: usize = (4096 + 33) * 16;
 
 /// A buffer for measuring memory read bandwidth again and again (a benchmark pairs each of its
 /// measurements with probes around it) without mapping and clearing a fresh one each time.

@@ -647,6 +647,27 @@ impl Backend {
         }
     }
 
+    /// [`Backend::panels`] on a matrix packed as streams whose `panels` are in cache (a block
+    /// of prefill: nothing is prefetched).
+    #[allow(clippy::too_many_arguments)]
+    fn streams_cached(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        w: &Packed,
+        panels: Range<usize>,
+        out: &mut [f32],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(isa) => {
+                isa.streams_cached(x, k, mr, w.all(), w.stream_stride(), panels, out)
+            }
+            _ => unreachable!("no cached stream kernel for {self:?}"),
+        }
+    }
+
     /// Widens `rows` rows of packed panels (`src` starts at a panel; the `Panels` layout) into
     /// row-major f32.
     fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
@@ -721,7 +742,7 @@ impl Backend {
         let rows = match pattern {
             Sequential | Prefetched => None,
             Rows(row) => Some(row),
-            Streams => Some(bandwidth::stream_row(data.len())),
+            Streams => Some(bandwidth::STREAM_ROW),
         };
         match (self, rows) {
             (Backend::Scalar(isa), None) => isa.read_sum(data, false),

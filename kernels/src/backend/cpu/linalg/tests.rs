@@ -607,19 +607,3 @@ fn layout_override_names_parse() {
         assert_eq!(x86_avx512::layout_named(other), None, "{other:?}");
     }
 }
-
-/// The probe's eight long streams are whole cache lines, fit the share, and lie an odd number
-/// of lines (33 past a multiple of 64) apart, as packed streams do.
-#[test]
-fn stream_probe_rows_are_skewed_whole_lines() {
-    for len in [16, 1000, 1 << 14, 1 << 20, (1 << 28) + 5] {
-        let row = bandwidth::stream_row(len);
-        assert!(row > 0 && row.is_multiple_of(16), "{len}: {row}");
-        let lines = len / 8 / 16;
-        if lines >= 64 {
-            assert!(8 * row <= len, "{len}: {row}");
-            assert_eq!((row / 16) % 64, 33, "{len}: {row}");
-            assert!(row / 16 + 64 > lines, "{len}: {row} wastes a whole skew");
-        }
-    }
-}

@@ -227,10 +227,42 @@ impl Avx512 {
         panels: Range<usize>,
         out: &mut [f32],
     ) {
+        self.streams_prefetching(x, k, mr, w, stride, panels, out, false)
+    }
+
+    /// [`Avx512::streams`] over panels in cache (a block of prefill that every tile of `x`
+    /// passes over): no prefetch.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn streams_cached(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        w: WeightRef<'_>,
+        stride: usize,
+        panels: Range<usize>,
+        out: &mut [f32],
+    ) {
+        self.streams_prefetching(x, k, mr, w, stride, panels, out, true)
+    }
+
+    /// [`Avx512::streams`] (`cached` false) or [`Avx512::streams_cached`] (true).
+    #[allow(clippy::too_many_arguments)]
+    fn streams_prefetching(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        w: WeightRef<'_>,
+        stride: usize,
+        panels: Range<usize>,
+        out: &mut [f32],
+        cached: bool,
+    ) {
         match w {
-            WeightRef::F32(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
-            WeightRef::F16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
-            WeightRef::BF16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
+            WeightRef::F32(w) => streams_typed(self, x, k, mr, w, stride, panels, out, cached),
+            WeightRef::F16(w) => streams_typed(self, x, k, mr, w, stride, panels, out, cached),
+            WeightRef::BF16(w) => streams_typed(self, x, k, mr, w, stride, panels, out, cached),
         }
     }
 
@@ -589,6 +621,7 @@ fn streams_typed<W: Load16>(
     stride: usize,
     panels: Range<usize>,
     out: &mut [f32],
+    cached: bool,
 ) {
     assert!((1..=PANEL_MR).contains(&mr), "stream tile of {mr} rows");
     assert!(
@@ -603,10 +636,15 @@ fn streams_typed<W: Load16>(
     // panels (r < PANEL of panel q < panels.end: k elements at r·stride + q·k) lies inside `w`,
     // and `out` holds mr rows of panels.len()·PANEL results (asserted above).
     unsafe {
-        match mr {
-            1 => streams_kernel::<W, 1>(xp, wp, k, stride, panels, op),
-            2 => streams_kernel::<W, 2>(xp, wp, k, stride, panels, op),
-            _ => streams_kernel::<W, 3>(xp, wp, k, stride, panels, op),
+        const AHEAD: u8 = TilePrefetch::Ahead as u8;
+        const CACHED: u8 = TilePrefetch::Cached as u8;
+        match (mr, cached) {
+            (1, false) => streams_kernel::<W, 1, AHEAD>(xp, wp, k, stride, panels, op),
+            (2, false) => streams_kernel::<W, 2, AHEAD>(xp, wp, k, stride, panels, op),
+            (_, false) => streams_kernel::<W, 3, AHEAD>(xp, wp, k, stride, panels, op),
+            (1, true) => streams_kernel::<W, 1, CACHED>(xp, wp, k, stride, panels, op),
+            (2, true) => streams_kernel::<W, 2, CACHED>(xp, wp, k, stride, panels, op),
+            (_, true) => streams_kernel::<W, 3, CACHED>(xp, wp, k, stride, panels, op),
         }
     }
 }
@@ -618,7 +656,7 @@ fn streams_typed<W: Load16>(
 /// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads, `w` for the rows of the panels
 /// (`k` elements at `r·stride + q·k`), `out` for `MR*panels.len()*PANEL` writes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn streams_kernel<W: Load16, const MR: usize>(
+unsafe fn streams_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
     x: *const f32,
     w: *const W,
     k: usize,
@@ -626,11 +664,10 @@ unsafe fn streams_kernel<W: Load16, const MR: usize>(
     panels: Range<usize>,
     out: *mut f32,
 ) {
-    const AHEAD: u8 = TilePrefetch::Ahead as u8;
     let count = panels.len();
     for (qi, q) in panels.enumerate() {
         // SAFETY: the rows of panel q are inside `w` (caller contract).
-        let tile = unsafe { kernel::<W, MR, PANEL, AHEAD>(x, w.add(q * k), k, stride) };
+        let tile = unsafe { kernel::<W, MR, PANEL, PREFETCH>(x, w.add(q * k), k, stride) };
         for (i, row) in tile.iter().enumerate() {
             for (r, &v) in row.iter().enumerate() {
                 // SAFETY: i < MR and qi * PANEL + r < count * PANEL (caller contract).
