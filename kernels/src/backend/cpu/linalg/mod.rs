@@ -612,7 +612,7 @@ impl Backend {
                     isa.panels(x, k, mr, w.panels(panels), count, out)
                 }
                 packed::Layout::Streams => {
-                    isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out)
+                    isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out, false)
                 }
             },
             #[cfg(target_arch = "x86_64")]
@@ -662,7 +662,7 @@ impl Backend {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => {
-                isa.streams_cached(x, k, mr, w.all(), w.stream_stride(), panels, out)
+                isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out, true)
             }
             _ => unreachable!("no cached stream kernel for {self:?}"),
         }

@@ -1,12 +1,15 @@
 //! AVX-512 kernels (16 f32 lanes): the register micro-kernel and the panel kernel behind every
-//! `matmul_t` shape; attention's helpers, the lane sums, the element-wise helpers and the
-//! machine probes live in the submodules. Weights are widened to f32 in registers (`vcvtph2ps` for f16, a 16-bit
+//! `matmul_t` shape. Attention's helpers, the lane sums, the element-wise helpers, the stream
+//! kernel (and which layout a CPU packs in), the widening kernels and the machine probes live
+//! in the submodules. Weights are widened to f32 in registers (`vcvtph2ps` for f16, a 16-bit
 //! shift for bf16); partial chunks use masked loads, which read zeros past the end.
 
 mod attention;
 mod probe;
+mod streams;
 mod sums;
 mod vector;
+mod widen;
 
 use std::arch::x86_64::*;
 
@@ -19,8 +22,12 @@ use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
 pub(super) use probe::FMA_CHAINS;
 use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
+#[cfg(test)]
+pub(super) use streams::layout_named;
+use streams::{default_layout, layout_override, streams_typed};
 use sums::{hsum, hsum_panel_tile, hsum_rows};
 use vector::{axpy_kernel, axpy_rows_kernel, exp_sum_kernel, silu_mul_kernel};
+use widen::{convert_typed, interleave_typed, unpack_typed};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 16;
@@ -42,47 +49,6 @@ pub(super) struct Avx512 {
     /// The layout weights are packed in for this CPU ([`default_layout`], or the
     /// [`LAYOUT_ENV`] override).
     layout: Layout,
-}
-
-/// The environment variable that overrides the packed-weight layout on AVX-512 CPUs:
-/// `panels` or `streams` (to measure both on one machine; `bench-engine` prints which ran).
-pub const LAYOUT_ENV: &str = "HELIXFLOW_PACK_LAYOUT";
-
-/// The layout an AVX-512 CPU reads its decode weights fastest in, by what was measured (see
-/// docs/BENCHMARKS.md): one stream per panel on AMD (Zen 5: 0.88–0.92 of the ceiling in f16,
-/// 0.96 in f32) and on Intel cores with AVX512-FP16 (Sapphire Rapids: the panel kernel read
-/// 0.97 of the probe); eight long streams on Intel cores before them (Ice Lake: a core reads
-/// one stream at ~11 GB/s and eight page-apart streams at ~14–15; its L2 streamer follows
-/// one stream per 4 KiB page, so it runs ahead of eight streams at once but of one stream
-/// only a page at a time).
-fn default_layout(amd: bool) -> Layout {
-    if !amd && !is_x86_feature_detected!("avx512fp16") {
-        Layout::Streams
-    } else {
-        Layout::Panels
-    }
-}
-
-/// The layout [`LAYOUT_ENV`] names, if it is set to one; any other value is ignored with a
-/// warning.
-fn layout_override() -> Option<Layout> {
-    let value = std::env::var(LAYOUT_ENV).ok()?;
-    let layout = layout_named(&value);
-    if layout.is_none() {
-        tracing::warn!(
-            "{LAYOUT_ENV}={value:?} is neither \"panels\" nor \"streams\"; using this CPU's default"
-        );
-    }
-    layout
-}
-
-/// The layout called `name` (`panels` or `streams`, surrounding whitespace ignored).
-pub(super) fn layout_named(name: &str) -> Option<Layout> {
-    match name.trim() {
-        "panels" => Some(Layout::Panels),
-        "streams" => Some(Layout::Streams),
-        _ => None,
-    }
 }
 
 /// Software prefetch of the panel kernel ahead of its stream ([`prefetch_ahead`]).
@@ -215,40 +181,10 @@ impl Avx512 {
     /// `panels` of a matrix packed in [`PANEL`] streams `stride` elements apart (see `packed`,
     /// the `Streams` layout), in the canonical order: row `i` of `x` against row `r` of panel
     /// `panels.start + q` lands in `out[(i * panels.len() + q) * PANEL + r]`. Each stream is
-    /// prefetched [`STREAM_PREFETCH`] bytes ahead.
+    /// prefetched [`STREAM_PREFETCH`] bytes ahead, unless the panels are `cached` (a block of
+    /// prefill that every tile of `x` passes over).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn streams(
-        self,
-        x: &[f32],
-        k: usize,
-        mr: usize,
-        w: WeightRef<'_>,
-        stride: usize,
-        panels: Range<usize>,
-        out: &mut [f32],
-    ) {
-        self.streams_prefetching(x, k, mr, w, stride, panels, out, false)
-    }
-
-    /// [`Avx512::streams`] over panels in cache (a block of prefill that every tile of `x`
-    /// passes over): no prefetch.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn streams_cached(
-        self,
-        x: &[f32],
-        k: usize,
-        mr: usize,
-        w: WeightRef<'_>,
-        stride: usize,
-        panels: Range<usize>,
-        out: &mut [f32],
-    ) {
-        self.streams_prefetching(x, k, mr, w, stride, panels, out, true)
-    }
-
-    /// [`Avx512::streams`] (`cached` false) or [`Avx512::streams_cached`] (true).
-    #[allow(clippy::too_many_arguments)]
-    fn streams_prefetching(
         self,
         x: &[f32],
         k: usize,
@@ -611,72 +547,6 @@ unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn streams_typed<W: Load16>(
-    _isa: Avx512,
-    x: &[f32],
-    k: usize,
-    mr: usize,
-    w: &[W],
-    stride: usize,
-    panels: Range<usize>,
-    out: &mut [f32],
-    cached: bool,
-) {
-    assert!((1..=PANEL_MR).contains(&mr), "stream tile of {mr} rows");
-    assert!(
-        x.len() >= mr * k
-            && stride >= panels.end * k
-            && w.len() >= (PANEL - 1) * stride + panels.end * k
-            && out.len() >= mr * panels.len() * PANEL,
-        "stream operands too short"
-    );
-    let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
-    // SAFETY: `_isa` proves the features; x holds mr rows of k elements, every row of the
-    // panels (r < PANEL of panel q < panels.end: k elements at r·stride + q·k) lies inside `w`,
-    // and `out` holds mr rows of panels.len()·PANEL results (asserted above).
-    unsafe {
-        const AHEAD: u8 = TilePrefetch::Ahead as u8;
-        const CACHED: u8 = TilePrefetch::Cached as u8;
-        match (mr, cached) {
-            (1, false) => streams_kernel::<W, 1, AHEAD>(xp, wp, k, stride, panels, op),
-            (2, false) => streams_kernel::<W, 2, AHEAD>(xp, wp, k, stride, panels, op),
-            (_, false) => streams_kernel::<W, 3, AHEAD>(xp, wp, k, stride, panels, op),
-            (1, true) => streams_kernel::<W, 1, CACHED>(xp, wp, k, stride, panels, op),
-            (2, true) => streams_kernel::<W, 2, CACHED>(xp, wp, k, stride, panels, op),
-            (_, true) => streams_kernel::<W, 3, CACHED>(xp, wp, k, stride, panels, op),
-        }
-    }
-}
-
-/// `MR` rows of `x` against panels `panels` of a matrix packed as streams: for each panel, the
-/// micro-kernel over its [`PANEL`] rows (one per stream, read side by side), prefetching ahead.
-///
-/// # Safety
-/// AVX-512 F/BW/VL present; `x` valid for `MR*k` reads, `w` for the rows of the panels
-/// (`k` elements at `r·stride + q·k`), `out` for `MR*panels.len()*PANEL` writes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn streams_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
-    x: *const f32,
-    w: *const W,
-    k: usize,
-    stride: usize,
-    panels: Range<usize>,
-    out: *mut f32,
-) {
-    let count = panels.len();
-    for (qi, q) in panels.enumerate() {
-        // SAFETY: the rows of panel q are inside `w` (caller contract).
-        let tile = unsafe { kernel::<W, MR, PANEL, PREFETCH>(x, w.add(q * k), k, stride) };
-        for (i, row) in tile.iter().enumerate() {
-            for (r, &v) in row.iter().enumerate() {
-                // SAFETY: i < MR and qi * PANEL + r < count * PANEL (caller contract).
-                unsafe { *out.add(i * count * PANEL + qi * PANEL + r) = v };
-            }
-        }
-    }
-}
-
 /// Bytes ahead of the read position prefetched into L1 and into L2 by the panel kernel on
 /// Intel ([`Prefetch::Intel`]): far enough to cover the memory latency at full bandwidth,
 /// measured best on Sapphire Rapids.
@@ -857,107 +727,6 @@ unsafe fn kernel<W: Load16, const MR: usize, const NR: usize, const PREFETCH: u8
         }
     }
     hsum_rows(acc)
-}
-
-fn interleave_typed<W: Load16>(
-    _isa: Avx512,
-    rows: [Option<&[W]>; PANEL],
-    k: usize,
-    dst: &mut [f32],
-) {
-    let kp = padded_k(k);
-    assert!(
-        dst.len() >= PANEL * kp && rows.iter().flatten().all(|r| r.len() >= k),
-        "interleave: a panel of {k} columns"
-    );
-    let ptrs = rows.map(|r| r.map(<[W]>::as_ptr));
-    // SAFETY: the token proves the features; every present row holds k elements and `dst` a
-    // whole panel (asserted above).
-    unsafe { interleave_kernel(ptrs, k, dst.as_mut_ptr()) }
-}
-
-/// # Safety
-/// AVX-512 F/BW/VL present; each present row valid for `k` reads, `d` for
-/// `PANEL · padded_k(k)` writes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn interleave_kernel<W: Load16>(rows: [Option<*const W>; PANEL], k: usize, d: *mut f32) {
-    for c in 0..k.div_ceil(LANES) {
-        let (off, mask) = (c * LANES, lanes_mask(k - c * LANES));
-        for (r, row) in rows.iter().enumerate() {
-            let v = match row {
-                // SAFETY: the mask selects only the elements of row r left from `off`.
-                Some(p) => unsafe { W::load_masked(p.add(off), mask) },
-                None => _mm512_setzero_ps(),
-            };
-            // SAFETY: chunk c of panel row r is inside the panel (caller contract).
-            unsafe { _mm512_storeu_ps(d.add((c * PANEL + r) * LANES), v) };
-        }
-    }
-}
-
-fn convert_typed<W: Load16>(_isa: Avx512, src: &[W], dst: &mut [f32]) {
-    assert_eq!(src.len(), dst.len(), "convert: lengths differ");
-    let full = src.len() / LANES;
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    // SAFETY: the Avx512 token proves the features; every chunk c < full lies inside both slices and
-    // the masked tail touches only the remaining elements.
-    unsafe { convert_kernel(s, d, full, src.len() % LANES) }
-}
-
-/// # Safety
-/// AVX-512 F/BW/VL present; `s` and `d` valid for `full*16 + rem` elements, `rem < 16`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn convert_kernel<W: Load16>(s: *const W, d: *mut f32, full: usize, rem: usize) {
-    for c in 0..full {
-        // SAFETY: chunk c is inside both buffers (caller contract).
-        unsafe { _mm512_storeu_ps(d.add(c * LANES), W::load(s.add(c * LANES))) };
-    }
-    if rem != 0 {
-        let mask = lanes_mask(rem);
-        let off = full * LANES;
-        // SAFETY: the mask selects only the rem elements left in both buffers.
-        unsafe { _mm512_mask_storeu_ps(d.add(off), mask, W::load_masked(s.add(off), mask)) };
-    }
-}
-
-fn unpack_typed<W: Load16>(_isa: Avx512, src: &[W], k: usize, rows: usize, dst: &mut [f32]) {
-    let kp = padded_k(k);
-    assert!(
-        src.len() >= rows.div_ceil(PANEL) * PANEL * kp && dst.len() == rows * k,
-        "unpack: {rows} rows of {k}"
-    );
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    // SAFETY: the Avx512 token proves the features; the lengths are asserted above.
-    unsafe { unpack_kernel(s, d, k, rows) }
-}
-
-/// # Safety
-/// AVX-512 F/BW/VL present; `s` valid for the panels holding `rows` rows of `padded_k(k)`,
-/// `d` for `rows · k` elements.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn unpack_kernel<W: Load16>(s: *const W, d: *mut f32, k: usize, rows: usize) {
-    let kp = padded_k(k);
-    let (full, rem) = (k / LANES, k % LANES);
-    for r in 0..rows {
-        let panel = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * LANES);
-        let out = d.wrapping_add(r * k);
-        for c in 0..full {
-            // SAFETY: chunk c of row r is inside the panel; its output inside row r of d.
-            unsafe {
-                let v = W::load(panel.add(c * PANEL * LANES));
-                _mm512_storeu_ps(out.add(c * LANES), v);
-            }
-        }
-        if rem != 0 {
-            let mask = lanes_mask(rem);
-            // SAFETY: the mask selects only the rem elements left in row r of d; the panel holds
-            // the whole (padded) chunk.
-            unsafe {
-                let v = W::load(panel.add(full * PANEL * LANES));
-                _mm512_mask_storeu_ps(out.add(full * LANES), mask, v);
-            }
-        }
-    }
 }
 
 /// The mask of the first `min(left, 16)` lanes: a whole vector, or the tail of a slice.
