@@ -317,6 +317,7 @@ fn compute_blocks(
         return compute_panel_blocks(backend, x, m, k, w, bias, out, cols);
     }
     if let Weights::Packed(p) = w
+        && p.layout() == Layout::Streams
         && let WeightRef::F32(all) = p.all()
     {
         return compute_f32_streams(backend, x, m, k, p, all, bias, out, cols);

@@ -43,6 +43,8 @@ mod tests;
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_cpu;
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -388,10 +390,21 @@ pub fn kernels_in_use() -> String {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512(_) => "AVX-512",
     };
-    match backend().pack_layout() {
-        Some(packed::Layout::Panels) => format!("{isa}, weights packed as panels"),
-        Some(packed::Layout::Streams) => format!("{isa}, weights packed as streams"),
-        None => format!("{isa}, weights row-major"),
+    let name = |layout| match layout {
+        packed::Layout::Panels => "panels",
+        packed::Layout::Streams => "streams",
+    };
+    let layouts = (backend().pack_layout(2), backend().pack_layout(4));
+    match layouts {
+        (Some(half), Some(full)) if half == full => {
+            format!("{isa}, weights packed as {}", name(half))
+        }
+        (Some(half), Some(full)) => format!(
+            "{isa}, 16-bit weights packed as {}, f32 ones as {}",
+            name(half),
+            name(full)
+        ),
+        _ => format!("{isa}, weights row-major"),
     }
 }
 
@@ -473,7 +486,7 @@ impl Backend {
     }
 
     /// [`Backend::tile`] against f32 rows `ws` elements apart; only where f32 weights are
-    /// packed (AVX2, the `Streams` layout).
+    /// packed as streams (AVX2, the `Streams` layout).
     fn tile_strided(self, x: &[f32], k: usize, mr: usize, w: &[f32], ws: usize, nr: usize) -> Tile {
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -546,25 +559,25 @@ impl Backend {
         }
     }
 
-    /// How this instruction set's decode kernel reads packed 16-bit weights (see `packed`);
-    /// `None` without such a kernel.
-    fn pack_layout(self) -> Option<packed::Layout> {
+    /// The layout this CPU's decode kernel reads weights of `element_bytes` (2 or 4) fastest in
+    /// (see `packed`); `None` without such a kernel.
+    fn pack_layout(self, element_bytes: usize) -> Option<packed::Layout> {
         match self {
             Backend::Scalar(_) => None,
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(_) => Some(packed::Layout::Streams),
+            Backend::Avx2(isa) => Some(isa.layout(element_bytes)),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => Some(isa.layout()),
         }
     }
 
     /// Every layout this instruction set's kernels read ([`Backend::pack_layout`] is the one
-    /// weights are packed in).
+    /// weights of a dtype are packed in).
     fn pack_layouts(self) -> &'static [packed::Layout] {
         match self {
             Backend::Scalar(_) => &[],
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(_) => &[packed::Layout::Streams],
+            Backend::Avx2(_) => &[packed::Layout::Panels, packed::Layout::Streams],
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(_) => &[packed::Layout::Panels, packed::Layout::Streams],
         }
@@ -586,7 +599,7 @@ impl Backend {
         match self {
             Backend::Scalar(_) => 0,
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(_) => x86_avx2::STREAM_MR,
+            Backend::Avx2(_) => x86_avx2::PANEL_MR,
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(_) => x86_avx512::PANEL_MR,
         }
@@ -616,14 +629,15 @@ impl Backend {
                 }
             },
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => {
-                assert_eq!(
-                    w.layout(),
-                    packed::Layout::Streams,
-                    "AVX2 reads streams only"
-                );
-                isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out)
-            }
+            Backend::Avx2(isa) => match w.layout() {
+                packed::Layout::Panels => {
+                    let count = panels.len();
+                    isa.panels(x, k, mr, w.panels(panels), count, out)
+                }
+                packed::Layout::Streams => {
+                    isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out)
+                }
+            },
             _ => unreachable!("no packed-weight kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
@@ -674,6 +688,8 @@ impl Backend {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.unpack(src, k, rows, dst),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.unpack(src, k, rows, dst),
             _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
         }
     }

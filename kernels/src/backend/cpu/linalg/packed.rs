@@ -2,27 +2,29 @@
 //! decode kernel reads best (the CPU decides: `Backend::pack_layout`; docs/BENCHMARKS.md has
 //! the figures):
 //!
-//! - **Panels** (AVX-512 on AMD and on Intel from Sapphire Rapids): panels of [`PANEL`] weight
-//!   rows whose chunks `C` ([`CHUNK`], one vector) are interleaved, so the decode kernel reads
-//!   one sequential stream per panel, with software prefetch ahead of it. Prefill runs the
-//!   same kernel over an L2-sized block of panels where they lie, so a tile's weight rows are
-//!   one stream from L2 there too. A 16-bit weight is half the bytes of an f32 one but
-//!   costs the same instructions per element, so with a row-major matrix the core's
-//!   out-of-order window covers half as many bytes of the eight row streams, and the
-//!   hardware prefetchers of a Sapphire Rapids core fell behind. `n` is padded with zero
-//!   rows to a multiple of [`PANEL`], `k` with zeros to a multiple of `C` (`kp`); element
-//!   `(j, l)` lives at `(j / PANEL) · PANEL · kp + ((l / C) · PANEL + j % PANEL) · C + l % C`.
-//! - **Streams** (AVX2, and AVX-512 on Intel before Sapphire Rapids): [`PANEL`] streams,
-//!   stream `r` holding rows `r, r + PANEL, r + 2·PANEL, …` whole, one after the other;
-//!   element `(j, l)` lives at `(j % PANEL) · s + (j / PANEL) · k + l`, the stream stride `s`
-//!   a little over `⌈n / PANEL⌉ · k` so that the streams do not start at one offset modulo 4
-//!   or 64 KiB (`stream_stride`). The decode kernel's 1×8 tile reads
-//!   the eight rows of one panel side by side, and the next panel's rows continue each
-//!   stream, so a core reads eight long sequential streams. A Zen 3 core reads that pattern
-//!   ~25% faster than one stream (prefetched or not) and than eight rows that jump every
-//!   tile (row-major), which is what its hardware prefetchers like; an Ice Lake core reads
-//!   it ~1.3× faster than one stream (whose L2 streamer runs ahead of one stream a 4 KiB page
-//!   at a time). Prefill on AVX-512 widens each L2-sized block of streams into f32 panels.
+//! - **Panels** (AMD from Zen 4: every dtype with AVX-512, 16-bit weights with AVX2; Intel from
+//!   Sapphire Rapids): panels of [`PANEL`] weight rows whose chunks `C` ([`CHUNK`]: one AVX-512 vector, two AVX2 ones)
+//!   are interleaved, so the decode kernel reads one sequential stream per panel (AVX-512 with
+//!   software prefetch ahead of it; AVX2 without, which a Zen 4 core reads faster). Prefill on
+//!   AVX-512 runs the same kernel over an L2-sized block of panels where they lie, so a tile's
+//!   weight rows are one stream from L2 there too; AVX2 widens each block back into f32 rows.
+//!   A 16-bit weight is half the bytes of an f32 one but costs the same instructions per
+//!   element, so with a row-major matrix the core's out-of-order window covers half as many
+//!   bytes of the eight row streams, and the hardware prefetchers of a Sapphire Rapids core
+//!   fell behind. `n` is padded with zero rows to a multiple of [`PANEL`], `k` with zeros to a
+//!   multiple of `C` (`kp`); element `(j, l)` lives at
+//!   `(j / PANEL) · PANEL · kp + ((l / C) · PANEL + j % PANEL) · C + l % C`.
+//! - **Streams** (the rest of AVX2, and AVX-512 on Intel before Sapphire Rapids): [`PANEL`]
+//!   streams, stream `r` holding rows `r, r + PANEL, r + 2·PANEL, …` whole, one after the
+//!   other; element `(j, l)` lives at `(j % PANEL) · s + (j / PANEL) · k + l`, the stream
+//!   stride `s` a little over `⌈n / PANEL⌉ · k` so that the streams do not start at one offset
+//!   modulo 4 or 64 KiB (`stream_stride`). The decode kernel's 1×8 tile reads the eight rows
+//!   of one panel side by side, and the next panel's rows continue each stream, so a core
+//!   reads eight long sequential streams. A Zen 3 core reads that pattern ~25% faster than one
+//!   stream (prefetched or not) and than eight rows that jump every tile (row-major), which is
+//!   what its hardware prefetchers like; an Ice Lake core reads it ~1.3× faster than one
+//!   stream (whose L2 streamer runs ahead of one stream a 4 KiB page at a time). Prefill on
+//!   AVX-512 widens each L2-sized block of streams into f32 panels.
 //!
 //! The padding is never read as a result: padded rows are dropped, and padded columns meet the
 //! zeros the kernels load for `x` past `k`, which is what the row-major kernels do with their
@@ -42,6 +44,24 @@ pub const PANEL: usize = 8;
 /// Elements per interleaved chunk of the [`Layout::Panels`] layout: one AVX-512 vector.
 pub const CHUNK: usize = 16;
 
+/// The environment variable that overrides the layout weights are packed in, on CPUs whose
+/// kernels read both: `panels` or `streams` (to measure both on one machine; `bench-engine`
+/// prints which ran).
+pub const LAYOUT_ENV: &str = "HELIXFLOW_PACK_LAYOUT";
+
+/// The layout [`LAYOUT_ENV`] names, if it is set to one; any other value is ignored with a
+/// warning.
+pub(super) fn layout_override() -> Option<Layout> {
+    let value = std::env::var(LAYOUT_ENV).ok()?;
+    let layout = Layout::named(&value);
+    if layout.is_none() {
+        tracing::warn!(
+            "{LAYOUT_ENV}={value:?} is neither \"panels\" nor \"streams\"; using this CPU's default"
+        );
+    }
+    layout
+}
+
 /// Packed weights, in their dtype.
 #[derive(Debug)]
 pub(super) enum PackedData {
@@ -53,11 +73,22 @@ pub(super) enum PackedData {
 /// Where the elements of a [`Packed`] matrix lie (the module docs have both layouts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Layout {
-    /// Panels of [`PANEL`] rows, their chunks interleaved: one stream per panel (AVX-512).
+    /// Panels of [`PANEL`] rows, their chunks interleaved: one stream per panel.
     Panels,
     /// [`PANEL`] streams: stream `r` holds rows `r, r + PANEL, r + 2·PANEL, …` one after the
-    /// other (AVX2).
+    /// other.
     Streams,
+}
+
+impl Layout {
+    /// The layout called `name` (`panels` or `streams`, surrounding whitespace ignored).
+    pub(super) fn named(name: &str) -> Option<Layout> {
+        match name.trim() {
+            "panels" => Some(Layout::Panels),
+            "streams" => Some(Layout::Streams),
+            _ => None,
+        }
+    }
 }
 
 /// A weight matrix `[n, k]` in one of the layouts of the module docs.
@@ -71,8 +102,8 @@ pub struct Packed {
 
 impl Packed {
     /// Repacks row-major weights `[n, k]` (any dtype) into memory of their own, in the layout
-    /// this CPU's decode kernel reads fastest; `None` when its kernels do not read packed
-    /// weights (the portable code).
+    /// this CPU's decode kernel reads weights of their dtype fastest; `None` when its kernels
+    /// do not read packed weights (the portable code).
     pub fn new(w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
         Packed::new_in(&Arena::with_region_bytes(0), w, n, k)
     }
@@ -80,7 +111,7 @@ impl Packed {
     /// [`Packed::new`] into the next slab of `arena` (a model packs its matrices in the order
     /// its forward pass reads them; see `arena`).
     pub fn new_in(arena: &Arena, w: WeightRef<'_>, n: usize, k: usize) -> Option<Packed> {
-        let layout = super::backend().pack_layout()?;
+        let layout = super::backend().pack_layout(w.element_size())?;
         Some(Packed::new_as(arena, w, n, k, layout))
     }
 

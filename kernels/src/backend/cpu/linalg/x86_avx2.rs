@@ -1,7 +1,10 @@
 //! AVX2 + FMA + F16C kernels (8 f32 lanes), for x86-64 CPUs without AVX-512. The same register
-//! micro-kernel as `x86_avx512.rs`; partial chunks are copied into a zeroed stack buffer.
+//! micro-kernel as `x86_avx512.rs`; partial chunks are copied into a zeroed stack buffer. The
+//! panel kernel and the layout choice live in `panels`, attention's helpers and the machine
+//! probes in their submodules.
 
 mod attention;
+mod panels;
 mod probe;
 
 use std::arch::x86_64::*;
@@ -9,9 +12,11 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::packed::PANEL;
+use super::packed::{Layout, PANEL, layout_override};
+use super::x86_cpu::Cpu;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
+use panels::{default_layouts, panels_typed, unpack_typed};
 pub(super) use probe::FMA_CHAINS;
 use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
 
@@ -24,21 +29,40 @@ pub(super) const LANES: usize = 8;
 /// (docs/BENCHMARKS.md). Taller tiles (6×2) measured slower than 4×3 and 3×4.
 pub(super) const NR_FOR_MR: [usize; 4] = [8, 5, 4, 3];
 
-/// Rows of `x` a stream tile takes at once ([`Avx2::streams`]): a panel's 8 weight rows go as
-/// a 1×8 tile or as 2×5 and 2×3, each weight row read once for both rows of x. Three rows as
-/// 3×4 + 3×4 measured slower than 2 + 1 (docs/BENCHMARKS.md).
-pub(super) const STREAM_MR: usize = 2;
+/// Rows of `x` a packed-weight tile takes at once, in either layout: a panel's 8 weight rows go
+/// as a 1×8 tile, or for two rows of x as 2×5 and 2×3 ([`Avx2::streams`]) or two 2×4 tiles
+/// over blocks of the panel ([`Avx2::panels`], see `panels::pair_kernel`), each weight read
+/// once for both rows. Three rows measured slower than 2 + 1 in both layouts, four than 2 + 2
+/// on panels (docs/BENCHMARKS.md).
+pub(super) const PANEL_MR: usize = 2;
 
-/// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one).
+/// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one), and the layouts
+/// its weights are packed in.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Avx2(());
+pub(super) struct Avx2 {
+    /// [`default_layouts`] for this CPU (16-bit weights, f32 ones), or the
+    /// `packed::LAYOUT_ENV` override for both.
+    layouts: (Layout, Layout),
+}
 
 impl Avx2 {
     pub(super) fn detect() -> Option<Self> {
         let ok = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
-        ok.then_some(Avx2(()))
+        ok.then(|| Avx2 {
+            layouts: layout_override()
+                .map_or_else(|| default_layouts(Cpu::this()), |layout| (layout, layout)),
+        })
+    }
+
+    /// The layout this CPU's weights of `element_bytes` (2 or 4) are packed in.
+    pub(super) fn layout(self, element_bytes: usize) -> Layout {
+        if element_bytes == 4 {
+            self.layouts.1
+        } else {
+            self.layouts.0
+        }
     }
 
     pub(super) fn tile(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, nr: usize) -> Tile {
@@ -63,7 +87,7 @@ impl Avx2 {
         tile_typed(self, x, k, mr, w, ws, nr)
     }
 
-    /// Dot products of `mr ≤ STREAM_MR` rows of `x` (stride `k`) with the rows of panels
+    /// Dot products of `mr ≤ PANEL_MR` rows of `x` (stride `k`) with the rows of panels
     /// `panels` of a matrix packed in [`PANEL`] streams `stride` elements apart (see `packed`,
     /// the `Streams` layout), in the canonical order: row `i` of `x` against row `r` of panel
     /// `panels.start + q` lands in `out[(i * panels.len() + q) * PANEL + r]`.
@@ -82,6 +106,35 @@ impl Avx2 {
             WeightRef::F32(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
             WeightRef::F16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
             WeightRef::BF16(w) => streams_typed(self, x, k, mr, w, stride, panels, out),
+        }
+    }
+
+    /// Dot products of `mr ≤ PANEL_MR` rows of `x` (stride `k`) with the rows of `count`
+    /// consecutive panels of the `Panels` layout (see `packed`), in the canonical order: row
+    /// `i` of `x` against panel row `r` lands in `out[i * count * PANEL + r]`.
+    pub(super) fn panels(
+        self,
+        x: &[f32],
+        k: usize,
+        mr: usize,
+        panels: WeightRef<'_>,
+        count: usize,
+        out: &mut [f32],
+    ) {
+        match panels {
+            WeightRef::F32(p) => panels_typed(self, x, k, mr, p, count, out),
+            WeightRef::F16(p) => panels_typed(self, x, k, mr, p, count, out),
+            WeightRef::BF16(p) => panels_typed(self, x, k, mr, p, count, out),
+        }
+    }
+
+    /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
+    /// `dst` (`rows · k` elements).
+    pub(super) fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
+        match src {
+            WeightRef::F32(s) => unpack_typed(self, s, k, rows, dst),
+            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
+            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
         }
     }
 
@@ -242,6 +295,7 @@ impl Load8 for bf16 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_partial<W: Load8>(p: *const W, rem: usize) -> __m256 {
+    debug_assert!(rem <= LANES, "load_partial of {rem} elements");
     let mut buf = [W::ZERO; LANES];
     // SAFETY: p holds rem ≤ 8 elements and buf 8; the regions are distinct.
     unsafe {
@@ -313,7 +367,7 @@ fn streams_typed<W: Load8>(
     out: &mut [f32],
 ) {
     let count = panels.len();
-    assert!((1..=STREAM_MR).contains(&mr), "stream tile of {mr} rows");
+    assert!((1..=PANEL_MR).contains(&mr), "stream tile of {mr} rows");
     assert!(
         x.len() >= mr * k
             && stride >= panels.end * k

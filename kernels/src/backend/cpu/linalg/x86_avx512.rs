@@ -17,14 +17,13 @@ use half::{bf16, f16};
 
 use std::ops::Range;
 
-use super::packed::{Layout, PANEL, padded_k};
+use super::packed::{Layout, PANEL, layout_override, padded_k};
+use super::x86_cpu::Cpu;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
 pub(super) use probe::FMA_CHAINS;
 use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
-#[cfg(test)]
-pub(super) use streams::layout_named;
-use streams::{default_layout, layout_override, streams_typed};
+use streams::{default_layout, streams_typed};
 use sums::{hsum, hsum_panel_tile, hsum_rows};
 use vector::{axpy_kernel, axpy_rows_kernel, exp_sum_kernel, silu_mul_kernel};
 use widen::{convert_typed, interleave_typed, unpack_typed};
@@ -47,7 +46,7 @@ pub(super) struct Avx512 {
     /// How the panel kernel prefetches ahead of its stream when decoding (by CPU vendor).
     panel_prefetch: Prefetch,
     /// The layout weights are packed in for this CPU ([`default_layout`], or the
-    /// [`LAYOUT_ENV`] override).
+    /// `packed::LAYOUT_ENV` override).
     layout: Layout,
 }
 
@@ -91,7 +90,7 @@ impl Avx512 {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl");
         ok.then(|| {
-            let amd = is_amd();
+            let amd = Cpu::this().amd;
             Avx512 {
                 panel_prefetch: if amd { Prefetch::Amd } else { Prefetch::Intel },
                 layout: layout_override().unwrap_or_else(|| default_layout(amd)),
@@ -617,12 +616,6 @@ unsafe fn panel_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
         }
     }
     hsum_panel_tile(acc)
-}
-
-/// Whether the CPU is AMD's (CPUID vendor `AuthenticAMD`).
-fn is_amd() -> bool {
-    let id = __cpuid(0);
-    [id.ebx, id.edx, id.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
 }
 
 /// Copies an `MR×NR` result into the top-left corner of a [`Tile`].

@@ -6,10 +6,6 @@ use std::ops::Range;
 use super::super::packed::{Layout, PANEL};
 use super::{Avx512, Load16, PANEL_MR, TilePrefetch, kernel};
 
-/// The environment variable that overrides the packed-weight layout on AVX-512 CPUs:
-/// `panels` or `streams` (to measure both on one machine; `bench-engine` prints which ran).
-pub const LAYOUT_ENV: &str = "HELIXFLOW_PACK_LAYOUT";
-
 /// The layout an AVX-512 CPU reads its decode weights fastest in, by what was measured (see
 /// docs/BENCHMARKS.md): one stream per panel on AMD (Zen 5: 0.88–0.92 of the ceiling in f16,
 /// 0.96 in f32) and on Intel cores with AVX512-FP16 (Sapphire Rapids: the panel kernel read
@@ -22,28 +18,6 @@ pub(super) fn default_layout(amd: bool) -> Layout {
         Layout::Streams
     } else {
         Layout::Panels
-    }
-}
-
-/// The layout [`LAYOUT_ENV`] names, if it is set to one; any other value is ignored with a
-/// warning.
-pub(super) fn layout_override() -> Option<Layout> {
-    let value = std::env::var(LAYOUT_ENV).ok()?;
-    let layout = layout_named(&value);
-    if layout.is_none() {
-        tracing::warn!(
-            "{LAYOUT_ENV}={value:?} is neither \"panels\" nor \"streams\"; using this CPU's default"
-        );
-    }
-    layout
-}
-
-/// The layout called `name` (`panels` or `streams`, surrounding whitespace ignored).
-pub(in super::super) fn layout_named(name: &str) -> Option<Layout> {
-    match name.trim() {
-        "panels" => Some(Layout::Panels),
-        "streams" => Some(Layout::Streams),
-        _ => None,
     }
 }
 

@@ -1,0 +1,338 @@
+//! The `Panels` layout on AVX2 (see `packed`): which layout a CPU packs its weights in, the
+//! panel kernel that reads a panel's 8 rows as one sequential stream, and widening packed
+//! panels back into rows (the blocks prefill runs the row tiles on).
+//!
+//! A panel's chunks are [`CHUNK`] = 16 elements (one AVX-512 vector); AVX2 reads each as two
+//! 8-lane halves, which is the canonical order of 8 lanes (lane `t` of a row's accumulator
+//! takes elements `t, t + 8, t + 16, …` in order), so one packing serves both instruction sets.
+
+use super::super::packed::{CHUNK, Layout, PANEL, padded_k};
+use super::super::x86_cpu::Cpu;
+use super::{Avx2, LANES, Load8, PANEL_MR, reduce};
+
+use std::arch::x86_64::*;
+
+/// The layouts an AVX2 CPU reads its decode weights fastest in, 16-bit ones and f32 ones, by
+/// what was measured (see docs/BENCHMARKS.md): eight long streams (a Zen 3 core reads them
+/// ~25% faster than one stream), except 16-bit weights on AMD from Zen 4 on, as panels (a
+/// Genoa core whose hypervisor hides AVX-512 reads the panels of f16 weights at ~31–33 GB/s in
+/// a standalone probe and eight long streams at ~27–28; batch-1 f16 decode 1.05–1.15× faster).
+/// f32 weights stay streams there: as panels batch-1 decode was level (57.0 against 56.1
+/// tokens/s) and batch 4 and 16 ran 0.63× and 0.76× (the prefill tiles read f32 streams in
+/// place, where panels are copied back into rows).
+pub(super) fn default_layouts(cpu: Cpu) -> (Layout, Layout) {
+    if cpu.amd_zen4_or_later() {
+        (Layout::Panels, Layout::Streams)
+    } else {
+        (Layout::Streams, Layout::Streams)
+    }
+}
+
+/// Dot products of `mr ≤ PANEL_MR` rows of `x` with the rows of `count` consecutive panels
+/// (see [`Avx2::panels`](super::Avx2::panels)). No software prefetch: on Zen 4 a panel read
+/// 31–33 GB/s without and 27–28 GB/s with `prefetcht0` 1 or 4 KiB ahead.
+pub(super) fn panels_typed<W: Load8>(
+    _isa: Avx2,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    panels: &[W],
+    count: usize,
+    out: &mut [f32],
+) {
+    assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
+    assert!(
+        x.len() >= mr * k
+            && panels.len() >= count * PANEL * padded_k(k)
+            && out.len() >= mr * count * PANEL,
+        "panel operands too short"
+    );
+    let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
+    // SAFETY: `_isa` proves the features; x holds mr rows of k elements, `panels` count panels
+    // of PANEL rows of padded_k(k), `out` mr rows of count·PANEL results (asserted above).
+    unsafe {
+        match mr {
+            1 => panels_kernel(xp, wp, k, count, op),
+            _ => pair_kernel(xp, wp, k, count, op),
+        }
+    }
+}
+
+/// [`panel_kernel`] for one row of `x` over `count` consecutive panels in one call, so the
+/// stream runs on without a call and a result copy between panels.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `k` reads, `w` for `count*PANEL*padded_k(k)` reads,
+/// `out` for `count*PANEL` writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panels_kernel<W: Load8>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    count: usize,
+    out: *mut f32,
+) {
+    let per_panel = PANEL * padded_k(k);
+    for q in 0..count {
+        // SAFETY: panel q is inside `w`, x holds k elements (caller contract).
+        let [row] = unsafe { panel_kernel::<W, 1, PANEL>(x, w.add(q * per_panel), k) };
+        for (r, &v) in row.iter().enumerate() {
+            // SAFETY: q * PANEL + r < count * PANEL (caller contract).
+            unsafe { *out.add(q * PANEL + r) = v };
+        }
+    }
+}
+
+/// Chunks of a panel per step of [`pair_kernel`]: 4 KiB of 16-bit weights (8 KiB of f32),
+/// which the second half of the panel's rows reads from L1.
+const BLOCK_CHUNKS: usize = 16;
+
+/// Two rows of `x` against `count` consecutive panels. Their 16 accumulators with all 8 rows
+/// of a panel do not fit the 16 registers (with the x and weight vectors), so each panel is
+/// walked in blocks of [`BLOCK_CHUNKS`] chunks, and within a block its rows go as two 2×4
+/// tiles whose accumulators wait in memory between blocks (a store and a load change no bits:
+/// each output still walks `k` in order). Every weight is read from memory once and widened
+/// once for both rows of `x`.
+///
+/// Measured on Zen 4 (docs/BENCHMARKS.md): the panel in two halves from end to end instead
+/// (rows 0–3 over all of `k`, then rows 4–7) read the second half back from L2 or memory once
+/// a panel outgrew L1 (a standalone probe: 10.6 GB/s for two rows at `k = 2816`, 19.6 at
+/// `k = 1024`), and batch-2 decode ran at 88–94 tokens/s against 123–139 blocked. Tiles of
+/// three and four rows (3×3 and 4×2 over the same blocks) ran batch 3 at 118–124 and batch 4
+/// at 91–93 tokens/s, against 149–152 and 159–169 as 2 + 1 and 2 + 2 rows.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `2*k` reads, `w` for `count*PANEL*padded_k(k)` reads,
+/// `out` for `2*count*PANEL` writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_kernel<W: Load8>(x: *const f32, w: *const W, k: usize, count: usize, out: *mut f32) {
+    const HALF: usize = PANEL / 2;
+    let per_panel = PANEL * padded_k(k);
+    let chunks = k.div_ceil(CHUNK);
+    for q in 0..count {
+        let panel = w.wrapping_add(q * per_panel);
+        let mut acc = [[_mm256_setzero_ps(); PANEL]; 2];
+        for c0 in (0..chunks).step_by(BLOCK_CHUNKS) {
+            let block = c0..(c0 + BLOCK_CHUNKS).min(chunks);
+            for r0 in [0, HALF] {
+                // SAFETY: rows r0..r0 + 4 of the panel, chunks `block`, and 2 rows of x
+                // (caller contract).
+                unsafe { half_panel::<W, 2, HALF>(&mut acc, r0, x, panel, k, block.clone()) };
+            }
+        }
+        let tile = reduce(&acc);
+        for (i, row) in tile.iter().enumerate() {
+            for (r, &v) in row.iter().enumerate() {
+                // SAFETY: i < 2 and q * PANEL + r < count * PANEL (caller contract).
+                unsafe { *out.add(i * count * PANEL + q * PANEL + r) = v };
+            }
+        }
+    }
+}
+
+/// Rows `r0..r0 + NR` of a panel (`w` at its start) over chunks `block` for `MR` rows of `x`:
+/// the accumulators `acc[i][r0 + j]` in registers for the block, then back.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `r0 + NR ≤ PANEL`; `x` valid for `MR*k` reads; `w` a whole panel of
+/// `padded_k(k)` columns, `block` inside its chunks.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_panel<W: Load8, const MR: usize, const NR: usize>(
+    acc: &mut [[__m256; PANEL]; MR],
+    r0: usize,
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    block: std::ops::Range<usize>,
+) {
+    let mut tile = [[_mm256_setzero_ps(); NR]; MR];
+    for i in 0..MR {
+        for j in 0..NR {
+            tile[i][j] = acc[i][r0 + j];
+        }
+    }
+    let rows = w.wrapping_add(r0 * CHUNK);
+    // Whole chunks in the loop, a chunk that ends past `k` after it: the loop holds no branch
+    // (nor the masked loads) that would cost a register.
+    let whole = block.end.min(k / CHUNK);
+    for c in block.start..whole {
+        let p = rows.wrapping_add(c * PANEL * CHUNK);
+        for half in 0..CHUNK / LANES {
+            // SAFETY: the half chunk of rows r0.. lies inside the panel, and its 8 elements
+            // inside the rows of x (c < k / CHUNK).
+            unsafe {
+                half_chunk::<W, MR, NR, false>(
+                    &mut tile,
+                    x,
+                    k,
+                    c * CHUNK + half * LANES,
+                    p.add(half * LANES),
+                )
+            }
+        }
+    }
+    if whole < block.end {
+        let p = rows.wrapping_add(whole * PANEL * CHUNK);
+        for half in 0..CHUNK / LANES {
+            let off = whole * CHUNK + half * LANES;
+            // SAFETY: as above; a whole vector of x where 8 elements are left, else the rest
+            // (the panel's padding is zeros).
+            unsafe {
+                if off + LANES <= k {
+                    half_chunk::<W, MR, NR, false>(&mut tile, x, k, off, p.add(half * LANES))
+                } else if off < k {
+                    half_chunk::<W, MR, NR, true>(&mut tile, x, k, off, p.add(half * LANES))
+                }
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..NR {
+            acc[i][r0 + j] = tile[i][j];
+        }
+    }
+}
+
+/// `MR` rows of `x` against `NR` consecutive rows of one panel (`w` at the first of them):
+/// the accumulators, lanes and chunk order of the row-major [`kernel`](super::kernel), each
+/// 16-element chunk of a row read as two 8-lane halves (a half wholly past `k` is skipped, as
+/// the row-major kernel has no chunk there).
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `MR*k` reads, `w` for the `NR` rows' chunks of a panel
+/// (`padded_k(k) / CHUNK` chunks of `PANEL · CHUNK` elements).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_kernel<W: Load8, const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+) -> [[f32; NR]; MR] {
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    let full = k / CHUNK;
+    for c in 0..full {
+        let p = w.wrapping_add(c * PANEL * CHUNK);
+        for half in 0..CHUNK / LANES {
+            let off = c * CHUNK + half * LANES;
+            // SAFETY: off + 8 ≤ k; the half chunk lies inside the panel (caller contract).
+            unsafe { half_chunk::<W, MR, NR, false>(&mut acc, x, k, off, p.add(half * LANES)) };
+        }
+    }
+    let p = w.wrapping_add(full * PANEL * CHUNK);
+    for half in 0..CHUNK / LANES {
+        let off = full * CHUNK + half * LANES;
+        if off >= k {
+            break;
+        }
+        // SAFETY: off < k: a whole vector of x where 8 elements are left, else the rest; the
+        // panel is padded to whole chunks with zeros, which meet the zeros loaded for x past k.
+        unsafe {
+            if off + LANES <= k {
+                half_chunk::<W, MR, NR, false>(&mut acc, x, k, off, p.add(half * LANES))
+            } else {
+                half_chunk::<W, MR, NR, true>(&mut acc, x, k, off, p.add(half * LANES))
+            }
+        }
+    }
+    reduce(&acc)
+}
+
+/// One 8-lane step of [`panel_kernel`] and [`half_panel`]: elements `off..off + 8` of `MR`
+/// rows of `x` (only the `k - off` left, zeros after them, where `PARTIAL`) against the same
+/// elements of `NR` panel rows `CHUNK` apart from `w`.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `off < k`, and `off + 8 ≤ k` exactly when not `PARTIAL`; `x` valid
+/// for `MR*k` reads, `w` for 8 elements at each `j · CHUNK`, `j < NR`.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_chunk<W: Load8, const MR: usize, const NR: usize, const PARTIAL: bool>(
+    acc: &mut [[__m256; NR]; MR],
+    x: *const f32,
+    k: usize,
+    off: usize,
+    w: *const W,
+) {
+    // The lanes left in the rows of x: a masked load reads only those, zeros in the others
+    // (no call to copy them into a buffer, which would spill the accumulators around it).
+    let mask = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32((k - off).min(LANES) as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    // SAFETY (both loads): inside row i of x (masked to its end), and 8 elements of panel row
+    // j (caller contract).
+    let load_x = |i: usize| unsafe {
+        if PARTIAL {
+            _mm256_maskload_ps(x.add(i * k + off), mask)
+        } else {
+            _mm256_loadu_ps(x.add(i * k + off))
+        }
+    };
+    let load_w = |j: usize| unsafe { W::load(w.add(j * CHUNK)) };
+    // As in the row-major kernel: the shorter side's vectors stay in registers while the
+    // other side's stream past them (`MR·NR + min(MR, NR) + 1` registers live).
+    if MR <= NR {
+        let xv: [__m256; MR] = std::array::from_fn(load_x);
+        for j in 0..NR {
+            let wv = load_w(j);
+            for i in 0..MR {
+                acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+            }
+        }
+    } else {
+        let wv: [__m256; NR] = std::array::from_fn(load_w);
+        for i in 0..MR {
+            let xv = load_x(i);
+            for j in 0..NR {
+                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+            }
+        }
+    }
+}
+
+/// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
+/// `dst` (`rows · k` elements).
+pub(super) fn unpack_typed<W: Load8>(
+    _isa: Avx2,
+    src: &[W],
+    k: usize,
+    rows: usize,
+    dst: &mut [f32],
+) {
+    let kp = padded_k(k);
+    assert!(
+        src.len() >= rows.div_ceil(PANEL) * PANEL * kp && dst.len() == rows * k,
+        "unpack: {rows} rows of {k}"
+    );
+    // SAFETY: the token proves the features; the lengths are asserted above.
+    unsafe { unpack_kernel(src.as_ptr(), dst, k, rows) }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C present; `s` valid for the panels holding `rows` rows of `padded_k(k)`, and
+/// `dst` holds `rows · k` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_kernel<W: Load8>(s: *const W, dst: &mut [f32], k: usize, rows: usize) {
+    let kp = padded_k(k);
+    let (full, rem) = (k / LANES, k % LANES);
+    for (r, out) in dst.chunks_exact_mut(k.max(1)).enumerate().take(rows) {
+        let row = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * CHUNK);
+        // Half chunk h of the row: the chunk h / 2, its half h % 2.
+        const HALVES: usize = CHUNK / LANES;
+        let at = |h: usize| row.wrapping_add((h / HALVES) * PANEL * CHUNK + (h % HALVES) * LANES);
+        for h in 0..full {
+            // SAFETY: half h of row r lies inside the panel (caller contract), its output
+            // inside `out`.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(h * LANES), W::load(at(h))) };
+        }
+        if rem != 0 {
+            let mut buf = [0.0f32; LANES];
+            // SAFETY: the padded panel holds the whole half, `buf` 8 floats.
+            unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), W::load(at(full))) };
+            out[full * LANES..].copy_from_slice(&buf[..rem]);
+        }
+    }
+}
