@@ -265,6 +265,32 @@ fn index(layout: Layout, n: usize, k: usize, element: usize, j: usize, l: usize)
     }
 }
 
+/// The operands of a panel kernel (`Backend::panels`, `panels_cached`): `mr` rows of `x` of
+/// `k` elements, `count` whole panels of `padded_k(k)` columns, `mr` rows of `count · PANEL`
+/// results. Panics where a slice is too short (the kernels read and write through pointers).
+pub(super) fn assert_panel_operands(
+    x: usize,
+    k: usize,
+    mr: usize,
+    panels: usize,
+    count: usize,
+    out: usize,
+) {
+    assert!(
+        x >= mr * k && panels >= count * PANEL * padded_k(k) && out >= mr * count * PANEL,
+        "panel operands too short"
+    );
+}
+
+/// The operands of widening `rows` whole rows of packed panels back into `rows · k` f32
+/// (`Backend::unpack`). Panics where a slice is too short.
+pub(super) fn assert_unpack_operands(src: usize, k: usize, rows: usize, dst: usize) {
+    assert!(
+        src >= rows.div_ceil(PANEL) * PANEL * padded_k(k) && dst == rows * k,
+        "unpack: {rows} rows of {k}"
+    );
+}
+
 fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) -> Slab<T> {
     let len = match layout {
         Layout::Panels => n.div_ceil(PANEL) * PANEL * padded_k(k),

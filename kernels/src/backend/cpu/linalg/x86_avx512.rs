@@ -17,7 +17,7 @@ use half::{bf16, f16};
 
 use std::ops::Range;
 
-use super::packed::{Layout, PANEL, layout_override, padded_k};
+use super::packed::{Layout, PANEL, assert_panel_operands, layout_override, padded_k};
 use super::x86_cpu::Cpu;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
@@ -492,12 +492,7 @@ fn panels_typed<W: Load16>(
     prefetch: Prefetch,
 ) {
     assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
-    assert!(
-        x.len() >= mr * k
-            && panels.len() >= count * PANEL * padded_k(k)
-            && out.len() >= mr * count * PANEL,
-        "panel operands too short"
-    );
+    assert_panel_operands(x.len(), k, mr, panels.len(), count, out.len());
     let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
     // SAFETY: `_isa` proves the features; x holds mr rows of k elements, `panels` count panels
     // of PANEL rows of padded_k(k), `out` mr rows of count·PANEL results (asserted above).

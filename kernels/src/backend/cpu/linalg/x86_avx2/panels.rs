@@ -6,7 +6,9 @@
 //! 8-lane halves, which is the canonical order of 8 lanes (lane `t` of a row's accumulator
 //! takes elements `t, t + 8, t + 16, …` in order), so one packing serves both instruction sets.
 
-use super::super::packed::{CHUNK, Layout, PANEL, padded_k};
+use super::super::packed::{
+    CHUNK, Layout, PANEL, assert_panel_operands, assert_unpack_operands, padded_k,
+};
 use super::super::x86_cpu::Cpu;
 use super::{Avx2, LANES, Load8, PANEL_MR, reduce};
 
@@ -41,12 +43,7 @@ pub(super) fn panels_typed<W: Load8>(
     out: &mut [f32],
 ) {
     assert!((1..=PANEL_MR).contains(&mr), "panel tile of {mr} rows");
-    assert!(
-        x.len() >= mr * k
-            && panels.len() >= count * PANEL * padded_k(k)
-            && out.len() >= mr * count * PANEL,
-        "panel operands too short"
-    );
+    assert_panel_operands(x.len(), k, mr, panels.len(), count, out.len());
     let (xp, wp, op) = (x.as_ptr(), panels.as_ptr(), out.as_mut_ptr());
     // SAFETY: `_isa` proves the features; x holds mr rows of k elements, `panels` count panels
     // of PANEL rows of padded_k(k), `out` mr rows of count·PANEL results (asserted above).
@@ -302,11 +299,7 @@ pub(super) fn unpack_typed<W: Load8>(
     rows: usize,
     dst: &mut [f32],
 ) {
-    let kp = padded_k(k);
-    assert!(
-        src.len() >= rows.div_ceil(PANEL) * PANEL * kp && dst.len() == rows * k,
-        "unpack: {rows} rows of {k}"
-    );
+    assert_unpack_operands(src.len(), k, rows, dst.len());
     // SAFETY: the token proves the features; the lengths are asserted above.
     unsafe { unpack_kernel(src.as_ptr(), dst, k, rows) }
 }

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::packed::{PANEL, padded_k};
+use super::super::packed::{PANEL, assert_unpack_operands, padded_k};
 use super::{Avx512, LANES, Load16, lanes_mask};
 
 pub(super) fn interleave_typed<W: Load16>(
@@ -74,11 +74,7 @@ pub(super) fn unpack_typed<W: Load16>(
     rows: usize,
     dst: &mut [f32],
 ) {
-    let kp = padded_k(k);
-    assert!(
-        src.len() >= rows.div_ceil(PANEL) * PANEL * kp && dst.len() == rows * k,
-        "unpack: {rows} rows of {k}"
-    );
+    assert_unpack_operands(src.len(), k, rows, dst.len());
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     // SAFETY: the Avx512 token proves the features; the lengths are asserted above.
     unsafe { unpack_kernel(s, d, k, rows) }
