@@ -248,8 +248,8 @@ fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
     }
 }
 
-/// f32 weights are packed wherever 16-bit ones are (in the layout the CPU reads 16-bit ones in):
-/// the layouts pay for the reads, not for the widening.
+/// f32 weights are packed wherever 16-bit ones are (each dtype in the layout the CPU reads it
+/// fastest in): the layouts pay for the reads, not for the widening.
 #[test]
 fn f32_weights_are_packed_where_16_bit_ones_are() {
     let packed = Packed::new(WeightRef::F32(&[0.0; 4]), 2, 2);
