@@ -3,8 +3,8 @@
 //! the figures):
 //!
 //! - **Panels** (AMD from Zen 4: every dtype with AVX-512, 16-bit weights with AVX2; Intel from
-//!   Sapphire Rapids): panels of [`PANEL`] weight rows whose chunks `C` ([`CHUNK`]: one AVX-512 vector, two AVX2 ones)
-//!   are interleaved, so the decode kernel reads one sequential stream per panel (AVX-512 with
+//!   Sapphire Rapids): panels of [`PANEL`] weight rows whose chunks `C` ([`CHUNK`]: one
+//!   AVX-512 vector, two AVX2 ones) are interleaved, so the decode kernel reads one sequential stream per panel (AVX-512 with
 //!   software prefetch ahead of it; AVX2 without, which a Zen 4 core reads faster). Prefill on
 //!   AVX-512 runs the same kernel over an L2-sized block of panels where they lie, so a tile's
 //!   weight rows are one stream from L2 there too; AVX2 widens each block back into f32 rows.
@@ -280,6 +280,49 @@ pub(super) fn assert_panel_operands(
         x >= mr * k && panels >= count * PANEL * padded_k(k) && out >= mr * count * PANEL,
         "panel operands too short"
     );
+}
+
+/// The operands of a stream kernel (`Backend::panels` on the `Streams` layout): `mr` rows of
+/// `x` of `k` elements, the rows of panels `panels` (`k` elements at `r · stride + q · k`,
+/// `r < PANEL`) inside `w`, `mr` rows of `panels.len() · PANEL` results. Panics where a slice
+/// is too short.
+pub(super) fn assert_stream_operands(
+    x: usize,
+    k: usize,
+    mr: usize,
+    w: usize,
+    stride: usize,
+    panels: &Range<usize>,
+    out: usize,
+) {
+    assert!(
+        x >= mr * k
+            && stride >= panels.end * k
+            && w >= (PANEL - 1) * stride + panels.end * k
+            && out >= mr * panels.len() * PANEL,
+        "stream operands too short"
+    );
+}
+
+/// Writes a tile of a panel or stream kernel's results: row `i` of `tile` (row `i` of `x`
+/// against `NR` consecutive weight rows, from row `col` of the call's `count` panels) lands
+/// at `out[i · count · PANEL + col..]`, as `Backend::panels` lays its results out.
+///
+/// # Safety
+/// `out` is valid for `tile.len() · count · PANEL` writes and `col + NR ≤ count · PANEL`.
+#[inline]
+pub(super) unsafe fn put_results<const NR: usize>(
+    out: *mut f32,
+    count: usize,
+    col: usize,
+    tile: &[[f32; NR]],
+) {
+    for (i, row) in tile.iter().enumerate() {
+        // SAFETY: row i's NR results lie inside `out` (caller contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(i * count * PANEL + col), NR)
+        };
+    }
 }
 
 /// The operands of widening `rows` whole rows of packed panels back into `rows · k` f32

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::packed::{Layout, PANEL, layout_override};
+use super::packed::{Layout, PANEL, assert_stream_operands, layout_override};
 use super::x86_cpu::Cpu;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
@@ -368,13 +368,7 @@ fn streams_typed<W: Load8>(
 ) {
     let count = panels.len();
     assert!((1..=PANEL_MR).contains(&mr), "stream tile of {mr} rows");
-    assert!(
-        x.len() >= mr * k
-            && stride >= panels.end * k
-            && w.len() >= (PANEL - 1) * stride + panels.end * k
-            && out.len() >= mr * count * PANEL,
-        "stream operands too short"
-    );
+    assert_stream_operands(x.len(), k, mr, w.len(), stride, &panels, out.len());
     let xp = x.as_ptr();
     for (qi, q) in panels.enumerate() {
         // Row r of panel q: k elements at r·stride + q·k.

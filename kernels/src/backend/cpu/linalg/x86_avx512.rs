@@ -17,7 +17,7 @@ use half::{bf16, f16};
 
 use std::ops::Range;
 
-use super::packed::{Layout, PANEL, assert_panel_operands, layout_override, padded_k};
+use super::packed::{Layout, PANEL, assert_panel_operands, layout_override, padded_k, put_results};
 use super::x86_cpu::Cpu;
 use super::{MAX_MR, MAX_NR, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
@@ -532,12 +532,8 @@ unsafe fn panels_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
     for q in 0..count {
         // SAFETY: panel q is inside `w` (caller contract).
         let tile = unsafe { panel_kernel::<W, MR, PREFETCH>(x, w.add(q * per_panel), k) };
-        for (i, row) in tile.iter().enumerate() {
-            for (r, &v) in row.iter().enumerate() {
-                // SAFETY: i < MR and q * PANEL + r < count * PANEL (caller contract).
-                unsafe { *out.add(i * count * PANEL + q * PANEL + r) = v };
-            }
-        }
+        // SAFETY: `out` holds MR rows of count·PANEL results (caller contract).
+        unsafe { put_results(out, count, q * PANEL, &tile) };
     }
 }
 

@@ -7,21 +7,22 @@
 //! takes elements `t, t + 8, t + 16, …` in order), so one packing serves both instruction sets.
 
 use super::super::packed::{
-    CHUNK, Layout, PANEL, assert_panel_operands, assert_unpack_operands, padded_k,
+    CHUNK, Layout, PANEL, assert_panel_operands, assert_unpack_operands, padded_k, put_results,
 };
 use super::super::x86_cpu::Cpu;
 use super::{Avx2, LANES, Load8, PANEL_MR, reduce};
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 /// The layouts an AVX2 CPU reads its decode weights fastest in, 16-bit ones and f32 ones, by
 /// what was measured (see docs/BENCHMARKS.md): eight long streams (a Zen 3 core reads them
 /// ~25% faster than one stream), except 16-bit weights on AMD from Zen 4 on, as panels (a
-/// Genoa core whose hypervisor hides AVX-512 reads the panels of f16 weights at ~31–33 GB/s in
-/// a standalone probe and eight long streams at ~27–28; batch-1 f16 decode 1.05–1.15× faster).
-/// f32 weights stay streams there: as panels batch-1 decode was level (57.0 against 56.1
-/// tokens/s) and batch 4 and 16 ran 0.63× and 0.76× (the prefill tiles read f32 streams in
-/// place, where panels are copied back into rows).
+/// Genoa core whose hypervisor hides AVX-512 reads the panels of f16 weights at ~31–33 GB/s
+/// and eight long streams at ~27–28 in `benches/probes/layouts.c`; batch-1 f16 decode
+/// 1.05–1.15× faster). f32 weights stay streams there: as panels batch-1 decode was level
+/// (57.0 against 56.1 tokens/s) and batch 4 and 16 ran 0.63× and 0.76× (the prefill tiles read
+/// f32 streams in place, where panels are copied back into rows).
 pub(super) fn default_layouts(cpu: Cpu) -> (Layout, Layout) {
     if cpu.amd_zen4_or_later() {
         (Layout::Panels, Layout::Streams)
@@ -72,11 +73,9 @@ unsafe fn panels_kernel<W: Load8>(
     let per_panel = PANEL * padded_k(k);
     for q in 0..count {
         // SAFETY: panel q is inside `w`, x holds k elements (caller contract).
-        let [row] = unsafe { panel_kernel::<W, 1, PANEL>(x, w.add(q * per_panel), k) };
-        for (r, &v) in row.iter().enumerate() {
-            // SAFETY: q * PANEL + r < count * PANEL (caller contract).
-            unsafe { *out.add(q * PANEL + r) = v };
-        }
+        let tile = unsafe { panel_kernel(x, w.add(q * per_panel), k) };
+        // SAFETY: `out` holds count·PANEL results (caller contract).
+        unsafe { put_results(out, count, q * PANEL, &tile) };
     }
 }
 
@@ -93,10 +92,11 @@ const BLOCK_CHUNKS: usize = 16;
 ///
 /// Measured on Zen 4 (docs/BENCHMARKS.md): the panel in two halves from end to end instead
 /// (rows 0–3 over all of `k`, then rows 4–7) read the second half back from L2 or memory once
-/// a panel outgrew L1 (a standalone probe: 10.6 GB/s for two rows at `k = 2816`, 19.6 at
-/// `k = 1024`), and batch-2 decode ran at 88–94 tokens/s against 123–139 blocked. Tiles of
-/// three and four rows (3×3 and 4×2 over the same blocks) ran batch 3 at 118–124 and batch 4
-/// at 91–93 tokens/s, against 149–152 and 159–169 as 2 + 1 and 2 + 2 rows.
+/// a panel outgrew L1 (`benches/probes/widening.c`: 10.6 GB/s for two rows at `k = 2816`,
+/// 19.6 at `k = 1024`), and batch-2 decode ran at 88–94 tokens/s against 123–139 blocked.
+/// Tiles of three and four rows (3×3 and 4×2 over the same blocks, one-off builds) ran batch
+/// 3 at 118–124 and batch 4 at 91–93 tokens/s, against 149–152 and 159–169 as 2 + 1 and
+/// 2 + 2 rows.
 ///
 /// # Safety
 /// AVX2/FMA/F16C present; `x` valid for `2*k` reads, `w` for `count*PANEL*padded_k(k)` reads,
@@ -117,13 +117,8 @@ unsafe fn pair_kernel<W: Load8>(x: *const f32, w: *const W, k: usize, count: usi
                 unsafe { half_panel::<W, 2, HALF>(&mut acc, r0, x, panel, k, block.clone()) };
             }
         }
-        let tile = reduce(&acc);
-        for (i, row) in tile.iter().enumerate() {
-            for (r, &v) in row.iter().enumerate() {
-                // SAFETY: i < 2 and q * PANEL + r < count * PANEL (caller contract).
-                unsafe { *out.add(i * count * PANEL + q * PANEL + r) = v };
-            }
-        }
+        // SAFETY: `out` holds 2 rows of count·PANEL results (caller contract).
+        unsafe { put_results(out, count, q * PANEL, &reduce(&acc)) };
     }
 }
 
@@ -142,7 +137,7 @@ unsafe fn half_panel<W: Load8, const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const W,
     k: usize,
-    block: std::ops::Range<usize>,
+    block: Range<usize>,
 ) {
     let mut tile = [[_mm256_setzero_ps(); NR]; MR];
     for i in 0..MR {
@@ -150,18 +145,57 @@ unsafe fn half_panel<W: Load8, const MR: usize, const NR: usize>(
             tile[i][j] = acc[i][r0 + j];
         }
     }
-    let rows = w.wrapping_add(r0 * CHUNK);
-    // Whole chunks in the loop, a chunk that ends past `k` after it: the loop holds no branch
-    // (nor the masked loads) that would cost a register.
+    // SAFETY: rows r0..r0 + NR of the panel over chunks `block` (caller contract).
+    unsafe { walk(&mut tile, x, w.wrapping_add(r0 * CHUNK), k, block) };
+    for i in 0..MR {
+        for j in 0..NR {
+            acc[i][r0 + j] = tile[i][j];
+        }
+    }
+}
+
+/// One row of `x` against the 8 rows of one panel: the accumulators, lanes and chunk order of
+/// the row-major [`kernel`](super::kernel).
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `k` reads, `w` for a whole panel (`PANEL ·
+/// padded_k(k)` elements).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_kernel<W: Load8>(x: *const f32, w: *const W, k: usize) -> [[f32; PANEL]; 1] {
+    let mut acc = [[_mm256_setzero_ps(); PANEL]; 1];
+    // SAFETY: all rows of the panel over all its chunks (caller contract).
+    unsafe { walk(&mut acc, x, w, k, 0..k.div_ceil(CHUNK)) };
+    reduce(&acc)
+}
+
+/// `MR` rows of `x` against `NR` consecutive rows of a panel (`w` at the first of them) over
+/// chunks `block`, into `acc`: each 16-element chunk of a row read as two 8-lane halves (a
+/// half wholly past `k` is skipped, as the row-major kernel has no chunk there). Whole chunks
+/// run in the loop, a chunk that ends past `k` after it, so the loop holds no branch (nor the
+/// masked loads) that would cost a register.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `MR*k` reads; `w` the rows of a panel of
+/// `padded_k(k)` columns, `block` inside its chunks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn walk<W: Load8, const MR: usize, const NR: usize>(
+    acc: &mut [[__m256; NR]; MR],
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    block: Range<usize>,
+) {
     let whole = block.end.min(k / CHUNK);
     for c in block.start..whole {
-        let p = rows.wrapping_add(c * PANEL * CHUNK);
+        let p = w.wrapping_add(c * PANEL * CHUNK);
         for half in 0..CHUNK / LANES {
-            // SAFETY: the half chunk of rows r0.. lies inside the panel, and its 8 elements
-            // inside the rows of x (c < k / CHUNK).
+            // SAFETY: the half chunk lies inside the panel, and its 8 elements inside the rows
+            // of x (c < k / CHUNK).
             unsafe {
                 half_chunk::<W, MR, NR, false>(
-                    &mut tile,
+                    acc,
                     x,
                     k,
                     c * CHUNK + half * LANES,
@@ -171,72 +205,23 @@ unsafe fn half_panel<W: Load8, const MR: usize, const NR: usize>(
         }
     }
     if whole < block.end {
-        let p = rows.wrapping_add(whole * PANEL * CHUNK);
+        let p = w.wrapping_add(whole * PANEL * CHUNK);
         for half in 0..CHUNK / LANES {
             let off = whole * CHUNK + half * LANES;
             // SAFETY: as above; a whole vector of x where 8 elements are left, else the rest
-            // (the panel's padding is zeros).
+            // (the panel's padding is zeros, which meet the zeros loaded for x past k).
             unsafe {
                 if off + LANES <= k {
-                    half_chunk::<W, MR, NR, false>(&mut tile, x, k, off, p.add(half * LANES))
+                    half_chunk::<W, MR, NR, false>(acc, x, k, off, p.add(half * LANES))
                 } else if off < k {
-                    half_chunk::<W, MR, NR, true>(&mut tile, x, k, off, p.add(half * LANES))
+                    half_chunk::<W, MR, NR, true>(acc, x, k, off, p.add(half * LANES))
                 }
             }
         }
     }
-    for i in 0..MR {
-        for j in 0..NR {
-            acc[i][r0 + j] = tile[i][j];
-        }
-    }
 }
 
-/// `MR` rows of `x` against `NR` consecutive rows of one panel (`w` at the first of them):
-/// the accumulators, lanes and chunk order of the row-major [`kernel`](super::kernel), each
-/// 16-element chunk of a row read as two 8-lane halves (a half wholly past `k` is skipped, as
-/// the row-major kernel has no chunk there).
-///
-/// # Safety
-/// AVX2/FMA/F16C present; `x` valid for `MR*k` reads, `w` for the `NR` rows' chunks of a panel
-/// (`padded_k(k) / CHUNK` chunks of `PANEL · CHUNK` elements).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel_kernel<W: Load8, const MR: usize, const NR: usize>(
-    x: *const f32,
-    w: *const W,
-    k: usize,
-) -> [[f32; NR]; MR] {
-    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-    let full = k / CHUNK;
-    for c in 0..full {
-        let p = w.wrapping_add(c * PANEL * CHUNK);
-        for half in 0..CHUNK / LANES {
-            let off = c * CHUNK + half * LANES;
-            // SAFETY: off + 8 ≤ k; the half chunk lies inside the panel (caller contract).
-            unsafe { half_chunk::<W, MR, NR, false>(&mut acc, x, k, off, p.add(half * LANES)) };
-        }
-    }
-    let p = w.wrapping_add(full * PANEL * CHUNK);
-    for half in 0..CHUNK / LANES {
-        let off = full * CHUNK + half * LANES;
-        if off >= k {
-            break;
-        }
-        // SAFETY: off < k: a whole vector of x where 8 elements are left, else the rest; the
-        // panel is padded to whole chunks with zeros, which meet the zeros loaded for x past k.
-        unsafe {
-            if off + LANES <= k {
-                half_chunk::<W, MR, NR, false>(&mut acc, x, k, off, p.add(half * LANES))
-            } else {
-                half_chunk::<W, MR, NR, true>(&mut acc, x, k, off, p.add(half * LANES))
-            }
-        }
-    }
-    reduce(&acc)
-}
-
-/// One 8-lane step of [`panel_kernel`] and [`half_panel`]: elements `off..off + 8` of `MR`
+/// One 8-lane step of [`walk`]: elements `off..off + 8` of `MR`
 /// rows of `x` (only the `k - off` left, zeros after them, where `PARTIAL`) against the same
 /// elements of `NR` panel rows `CHUNK` apart from `w`.
 ///
@@ -269,23 +254,14 @@ unsafe fn half_chunk<W: Load8, const MR: usize, const NR: usize, const PARTIAL: 
         }
     };
     let load_w = |j: usize| unsafe { W::load(w.add(j * CHUNK)) };
-    // As in the row-major kernel: the shorter side's vectors stay in registers while the
-    // other side's stream past them (`MR·NR + min(MR, NR) + 1` registers live).
-    if MR <= NR {
-        let xv: [__m256; MR] = std::array::from_fn(load_x);
-        for j in 0..NR {
-            let wv = load_w(j);
-            for i in 0..MR {
-                acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
-            }
-        }
-    } else {
-        let wv: [__m256; NR] = std::array::from_fn(load_w);
+    // The x vectors stay in registers while the weight vectors stream past them (the tiles
+    // here are no taller than wide: `MR·NR + MR + 1` registers live).
+    const { assert!(MR <= NR) };
+    let xv: [__m256; MR] = std::array::from_fn(load_x);
+    for j in 0..NR {
+        let wv = load_w(j);
         for i in 0..MR {
-            let xv = load_x(i);
-            for j in 0..NR {
-                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-            }
+            acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::super::packed::{Layout, PANEL};
+use super::super::packed::{Layout, PANEL, assert_stream_operands, put_results};
 use super::{Avx512, Load16, PANEL_MR, TilePrefetch, kernel};
 
 /// The layout an AVX-512 CPU reads its decode weights fastest in, by what was measured (see
@@ -34,13 +34,7 @@ pub(super) fn streams_typed<W: Load16>(
     cached: bool,
 ) {
     assert!((1..=PANEL_MR).contains(&mr), "stream tile of {mr} rows");
-    assert!(
-        x.len() >= mr * k
-            && stride >= panels.end * k
-            && w.len() >= (PANEL - 1) * stride + panels.end * k
-            && out.len() >= mr * panels.len() * PANEL,
-        "stream operands too short"
-    );
+    assert_stream_operands(x.len(), k, mr, w.len(), stride, &panels, out.len());
     let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
     // SAFETY: `_isa` proves the features; x holds mr rows of k elements, every row of the
     // panels (r < PANEL of panel q < panels.end: k elements at r·stride + q·k) lies inside `w`,
@@ -78,11 +72,7 @@ unsafe fn streams_kernel<W: Load16, const MR: usize, const PREFETCH: u8>(
     for (qi, q) in panels.enumerate() {
         // SAFETY: the rows of panel q are inside `w` (caller contract).
         let tile = unsafe { kernel::<W, MR, PANEL, PREFETCH>(x, w.add(q * k), k, stride) };
-        for (i, row) in tile.iter().enumerate() {
-            for (r, &v) in row.iter().enumerate() {
-                // SAFETY: i < MR and qi * PANEL + r < count * PANEL (caller contract).
-                unsafe { *out.add(i * count * PANEL + qi * PANEL + r) = v };
-            }
-        }
+        // SAFETY: `out` holds MR rows of count·PANEL results (caller contract).
+        unsafe { put_results(out, count, qi * PANEL, &tile) };
     }
 }
