@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::packed::{Layout, PANEL, Packed, padded_k, unpack_rows};
-use super::{Backend, MAX_PANEL_MR, WeightRef};
+use super::{Backend, MAX_MR, MAX_PANEL_MR, RowMap, STRIP_ROWS, WeightRef};
 
 /// The weights of one product.
 #[derive(Clone, Copy)]
@@ -116,6 +116,18 @@ impl SharedOut {
             None => dst.copy_from_slice(values),
         }
     }
+}
+
+/// Elements from one widened row to the next in [`compute_blocks`]' scratch block: `k`
+/// rounded up to whole cache lines, and to an odd number of them, so that the rows of a tile
+/// (and of the strip) start in different L1 sets. With rows a multiple of 4 KiB apart (`k =
+/// 1024`) a tile's 3 weight rows and its 4 rows of `x` could all share one set of the 8-way
+/// L1: how far apart the two buffers happened to lie moved the f16 prefill matmul of that
+/// shape between 64 and 77 GFLOP/s on Zen 4.
+fn scratch_stride(k: usize) -> usize {
+    const PER_LINE: usize = 64 / size_of::<f32>();
+    let lines = k.div_ceil(PER_LINE);
+    (lines | 1) * PER_LINE
 }
 
 /// Rows of `w` per cache block for reduction length `k`.
@@ -333,7 +345,10 @@ fn compute_blocks(
     // One pass of x tiles over each block (decode, weights as they are): the weights stream from
     // memory once; otherwise the block is cached for every x tile after the first.
     let streamed = !pack && m <= backend.tile_mr();
-    let scratch = if pack { nb.min(cols.len()) * k } else { 0 };
+    // Widened rows lie `ks` apart, weights as they are `k` apart.
+    let ks = if pack { scratch_stride(k) } else { k };
+    let scratch = if pack { nb.min(cols.len()) * ks } else { 0 };
+    let mut results = [0.0f32; MAX_MR * STRIP_ROWS];
     with_scratch(scratch, |panel| {
         let mut jb = cols.start;
         while jb < cols.end {
@@ -342,40 +357,35 @@ fn compute_blocks(
             let block = match w {
                 Weights::Rows(w) if !pack => w.slice(jb * k..je * k),
                 Weights::Rows(w) => {
-                    let panel = &mut panel[..rows * k];
-                    backend.convert(w.slice(jb * k..je * k), panel);
+                    let panel = &mut panel[..rows * ks];
+                    for (j, dst) in (jb..je).zip(panel.chunks_exact_mut(ks)) {
+                        backend.convert(w.slice(j * k..(j + 1) * k), &mut dst[..k]);
+                    }
                     WeightRef::F32(panel)
                 }
                 Weights::Packed(w) => {
-                    let panel = &mut panel[..rows * k];
-                    unpack_rows(w, jb..je, panel);
+                    let panel = &mut panel[..rows * ks];
+                    unpack_rows(w, jb..je, panel, ks);
                     WeightRef::F32(panel)
                 }
             };
             let mut i = 0;
             while i < m {
                 let mr = (m - i).min(backend.tile_mr());
-                let nr_full = backend.nr_for(mr);
                 let xs = &x[i * k..(i + mr) * k];
-                let mut j = 0;
-                while j < rows {
-                    let nr = if rows - j >= nr_full {
-                        nr_full
-                    } else {
-                        rows - j
-                    };
-                    let ws = block.slice(j * k..(j + nr) * k);
-                    let tile = if streamed {
-                        backend.tile_streamed(xs, k, mr, ws, nr)
-                    } else {
-                        backend.tile(xs, k, mr, ws, nr)
-                    };
-                    for (ii, tile_row) in tile.iter().enumerate().take(mr) {
-                        // SAFETY: i + ii < m and jb + j + nr ≤ je ≤ n; the columns lie in this
-                        // call's `cols`, which no other thread writes.
-                        unsafe { out.write_row(i + ii, jb + j, &tile_row[..nr], bias) };
+                if streamed {
+                    stream_tiles(backend, xs, k, mr, block, rows, bias, out, i, jb);
+                } else {
+                    // Whole tiles per strip (AVX-512's 7 and 6 do not divide STRIP_ROWS).
+                    let strip = STRIP_ROWS / backend.nr_for(mr) * backend.nr_for(mr);
+                    let mut j = 0;
+                    while j < rows {
+                        let count = (rows - j).min(strip);
+                        let ws = block.slice(j * ks..(j + count) * ks);
+                        backend.strip(xs, k, mr, ws, RowMap::rows(count, ks), &mut results);
+                        put_strip(&results, mr, count, bias, out, i, jb + j);
+                        j += count;
                     }
-                    j += nr;
                 }
                 i += mr;
             }
@@ -525,7 +535,9 @@ fn compute_f32_streams(
     out: SharedOut,
     cols: Range<usize>,
 ) {
+    debug_assert!(cols.start.is_multiple_of(PANEL), "blocks start on a panel");
     let (nb, ws) = (block_rows(k), w.stream_stride());
+    let mut results = [0.0f32; MAX_MR * STRIP_ROWS];
     let mut jb = cols.start;
     while jb < cols.end {
         let je = (jb + nb).min(cols.end);
@@ -535,21 +547,70 @@ fn compute_f32_streams(
             let xs = &x[i * k..(i + mr) * k];
             let mut j = jb;
             while j < je {
-                // Rows j.. of one panel: stream j % PANEL on, at panel j / PANEL.
-                let nr = (je - j).min(PANEL - j % PANEL).min(backend.nr_for(mr));
-                let at = (j % PANEL) * ws + (j / PANEL) * k;
-                let rows = &all[at..at + (nr - 1) * ws + k];
-                let tile = backend.tile_strided(xs, k, mr, rows, ws, nr);
-                for (ii, tile_row) in tile.iter().enumerate().take(mr) {
-                    // SAFETY: i + ii < m and j + nr ≤ je ≤ n; the columns lie in this call's
-                    // `cols`, which no other thread writes.
-                    unsafe { out.write_row(i + ii, j, &tile_row[..nr], bias) };
-                }
-                j += nr;
+                // Whole panels (blocks and strips start on one): panel j / PANEL on.
+                let count = (je - j).min(STRIP_ROWS);
+                let map = RowMap {
+                    count,
+                    stride: ws,
+                    panel_stride: k,
+                };
+                let rows = &all[(j / PANEL) * k..];
+                backend.strip(xs, k, mr, WeightRef::F32(rows), map, &mut results);
+                put_strip(&results, mr, count, bias, out, i, j);
+                j += count;
             }
             i += mr;
         }
         jb = je;
+    }
+}
+
+/// Writes a strip's results (`mr` rows of `count`, see [`Backend::strip`]) to rows `i..` of
+/// the output from column `col` on.
+fn put_strip(
+    results: &[f32],
+    mr: usize,
+    count: usize,
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    i: usize,
+    col: usize,
+) {
+    for ii in 0..mr {
+        let row = &results[ii * count..(ii + 1) * count];
+        // SAFETY: callers pass i + ii < m and col + count ≤ the end of their `cols`, which no
+        // other thread writes.
+        unsafe { out.write_row(i + ii, col, row, bias) };
+    }
+}
+
+/// Decode on row-major weights (`mr ≤ tile_mr()` rows of `x` against a block of `rows` rows
+/// from column `jb`): tiles in order, each weight row read from memory once; where the kernel
+/// prefetches, it prefetches the next tile's rows.
+#[allow(clippy::too_many_arguments)]
+fn stream_tiles(
+    backend: Backend,
+    xs: &[f32],
+    k: usize,
+    mr: usize,
+    block: WeightRef<'_>,
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: SharedOut,
+    i: usize,
+    jb: usize,
+) {
+    let nr_full = backend.nr_for(mr);
+    let mut j = 0;
+    while j < rows {
+        let nr = nr_full.min(rows - j);
+        let tile = backend.tile_streamed(xs, k, mr, block.slice(j * k..(j + nr) * k), nr);
+        for (ii, tile_row) in tile.iter().enumerate().take(mr) {
+            // SAFETY: i + ii < m and jb + j + nr ≤ the block's end; the columns lie in the
+            // caller's `cols`, which no other thread writes.
+            unsafe { out.write_row(i + ii, jb + j, &tile_row[..nr], bias) };
+        }
+        j += nr;
     }
 }
 
@@ -584,6 +645,20 @@ mod tests {
         assert_eq!(parse_cache_size("0K"), None);
         assert_eq!(parse_cache_size("12G"), None);
         assert_eq!(parse_cache_size("K"), None);
+    }
+
+    #[test]
+    fn widened_rows_lie_an_odd_number_of_lines_apart() {
+        for (k, want) in [
+            (1, 16),
+            (16, 16),
+            (17, 48),
+            (1024, 1040),
+            (2816, 2832),
+            (1040, 1040),
+        ] {
+            assert_eq!(scratch_stride(k), want, "k = {k}");
+        }
     }
 
     #[test]

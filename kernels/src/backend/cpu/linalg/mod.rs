@@ -53,6 +53,7 @@ use half::{bf16, f16};
 
 pub use arena::{Arena, Element, Slab, ZeroedPages};
 pub use bandwidth::{ReadProbe, measure_fma_peak, measure_read_bandwidth};
+use packed::PANEL;
 pub use packed::Packed;
 pub use team::{Workers, for_each_chunk, for_each_row_chunk, for_each_share, for_each_thread};
 
@@ -370,6 +371,56 @@ const MAX_PANEL_MR: usize = 3;
 /// One micro-kernel result: `tile[i][j]` for the first `mr` rows and `nr` columns.
 type Tile = [[f32; MAX_NR]; MAX_MR];
 
+/// The most weight rows per [`Backend::strip`]: a multiple of [`PANEL`] (strips of packed
+/// rows start on a panel) and of every AVX2 micro-kernel's `nr` (8, 5, 4, 3).
+const STRIP_ROWS: usize = 120;
+
+/// Where the weight rows of a [`Backend::strip`] lie in its slice: row `j` at
+/// `(j % PANEL)·stride + (j / PANEL)·panel_stride`. Rows one after the other are
+/// `panel_stride = PANEL·stride` (`stride = k`, or more where rows are padded); f32 rows packed as streams (`packed`, the `Streams` layout) lie
+/// `stride = Packed::stream_stride()` apart within a panel, panels `k` apart.
+#[derive(Clone, Copy, Debug)]
+struct RowMap {
+    count: usize,
+    stride: usize,
+    panel_stride: usize,
+}
+
+impl RowMap {
+    /// `count` rows `stride` elements apart.
+    fn rows(count: usize, stride: usize) -> RowMap {
+        RowMap {
+            count,
+            stride,
+            panel_stride: PANEL * stride,
+        }
+    }
+
+    /// The offset of row `j`.
+    fn at(self, j: usize) -> usize {
+        (j % PANEL) * self.stride + (j / PANEL) * self.panel_stride
+    }
+
+    /// How many rows from `j` on lie `stride` apart (one micro-kernel can take them).
+    fn run(self, j: usize) -> usize {
+        let left = self.count - j;
+        if self.panel_stride == PANEL * self.stride {
+            left
+        } else {
+            left.min(PANEL - j % PANEL)
+        }
+    }
+
+    /// The elements a slice must hold for rows of `k` elements.
+    fn len(self, k: usize) -> usize {
+        if self.count == 0 {
+            0
+        } else {
+            self.at(self.count - 1) + k
+        }
+    }
+}
+
 /// The instruction set chosen for this process, carrying the proof that its features exist.
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -485,13 +536,46 @@ impl Backend {
         }
     }
 
-    /// [`Backend::tile`] against f32 rows `ws` elements apart; only where f32 weights are
-    /// packed as streams (AVX2, the `Streams` layout).
-    fn tile_strided(self, x: &[f32], k: usize, mr: usize, w: &[f32], ws: usize, nr: usize) -> Tile {
+    /// `mr ≤ tile_mr()` rows of `x` (stride `k`) against the `map.count ≤ STRIP_ROWS` weight
+    /// rows `map` places in `w`, in the canonical order, without bias: row `i` of `x` against
+    /// weight row `j` lands in `out[i · map.count + j]`. AVX2 walks long rows in steps whose
+    /// `x` stays in L1 across the strip's tiles (`x86_avx2::strip_kernel`), and reads rows
+    /// packed as streams; the others take row-major rows, tile by tile.
+    fn strip(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, map: RowMap, out: &mut [f32]) {
+        assert!(
+            (1..=self.tile_mr()).contains(&mr) && map.count <= STRIP_ROWS,
+            "strip of {mr}x{}",
+            map.count
+        );
+        assert!(
+            x.len() >= mr * k
+                && map.stride >= k
+                && w.len() >= map.len(k)
+                && out.len() >= mr * map.count,
+            "strip operands too short"
+        );
         match self {
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.tile_strided(x, k, mr, w, ws, nr),
-            _ => unreachable!("no strided tile for {self:?}: only AVX2 packs f32 as streams"),
+            Backend::Avx2(isa) => isa.strip(x, k, mr, w, map, out),
+            _ => {
+                // Tiles over rows k apart; one row at a time otherwise (only the portable
+                // kernel meets padded rows, and it computes each product on its own anyway).
+                let (count, nr_full) = (map.count, self.nr_for(mr));
+                let mut j = 0;
+                while j < count {
+                    let nr = if map.stride == k {
+                        nr_full.min(map.run(j))
+                    } else {
+                        1
+                    };
+                    let at = map.at(j);
+                    let tile = self.tile(x, k, mr, w.slice(at..at + nr * k), nr);
+                    for (i, tile_row) in tile.iter().enumerate().take(mr) {
+                        out[i * count + j..i * count + j + nr].copy_from_slice(&tile_row[..nr]);
+                    }
+                    j += nr;
+                }
+            }
         }
     }
 
@@ -606,7 +690,7 @@ impl Backend {
     }
 
     /// Dot products of `mr` rows of `x` (stride `k`) with the rows of panels `panels` of `w`
-    /// ([`PANEL`](packed::PANEL) rows each), in the canonical order, without bias, into `out`
+    /// ([`PANEL`] rows each), in the canonical order, without bias, into `out`
     /// (row `i` at `i · panels.len() · PANEL`); `1 ≤ mr ≤ self.panel_mr()`.
     fn panels(
         self,
@@ -683,27 +767,22 @@ impl Backend {
     }
 
     /// Widens `rows` rows of packed panels (`src` starts at a panel; the `Panels` layout) into
-    /// row-major f32.
-    fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
+    /// f32 rows `stride ≥ k` elements apart.
+    fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32], stride: usize) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512(isa) => isa.unpack(src, k, rows, dst),
+            Backend::Avx512(isa) => isa.unpack(src, k, rows, dst, stride),
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2(isa) => isa.unpack(src, k, rows, dst),
+            Backend::Avx2(isa) => isa.unpack(src, k, rows, dst, stride),
             _ => unreachable!("no panel kernel for {self:?}: Packed::new refuses to pack"),
         }
     }
 
-    /// Lays out up to [`PANEL`](packed::PANEL) weight rows (`k` elements each, `None` for a
+    /// Lays out up to [`PANEL`] weight rows (`k` elements each, `None` for a
     /// row of zeros) as one f32 panel of the `Panels` layout in `dst` (`PANEL · padded_k(k)`
     /// elements; zeros past `k`), widening them exactly; only where the panel kernel runs
     /// prefill ([`Backend::prefill_panels`]).
-    fn interleave_panel(
-        self,
-        rows: &[Option<WeightRef<'_>>; packed::PANEL],
-        k: usize,
-        dst: &mut [f32],
-    ) {
+    fn interleave_panel(self, rows: &[Option<WeightRef<'_>>; PANEL], k: usize, dst: &mut [f32]) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.interleave_panel(rows, k, dst),

@@ -325,12 +325,14 @@ pub(super) unsafe fn put_results<const NR: usize>(
     }
 }
 
-/// The operands of widening `rows` whole rows of packed panels back into `rows · k` f32
-/// (`Backend::unpack`). Panics where a slice is too short.
-pub(super) fn assert_unpack_operands(src: usize, k: usize, rows: usize, dst: usize) {
+/// The operands of widening `rows` whole rows of packed panels back into f32 rows of `k`
+/// elements, `stride ≥ k` apart (`Backend::unpack`). Panics where a slice is too short.
+pub(super) fn assert_unpack_operands(src: usize, k: usize, rows: usize, dst: usize, stride: usize) {
     assert!(
-        src >= rows.div_ceil(PANEL) * PANEL * padded_k(k) && dst == rows * k,
-        "unpack: {rows} rows of {k}"
+        src >= rows.div_ceil(PANEL) * PANEL * padded_k(k)
+            && stride >= k
+            && dst >= rows.saturating_sub(1) * stride + k * usize::from(rows > 0),
+        "unpack: {rows} rows of {k}, {stride} apart"
     );
 }
 
@@ -354,22 +356,25 @@ fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) 
     out
 }
 
-/// Widens the rows `rows` (starting at a panel; the last may end inside one) of `w` into
-/// row-major f32 `dst` (`rows.len() · k` elements).
-pub(super) fn unpack_rows(w: &Packed, rows: Range<usize>, dst: &mut [f32]) {
+/// Widens the rows `rows` (starting at a panel; the last may end inside one) of `w` into f32
+/// rows `stride ≥ k` elements apart in `dst` (`rows.len() · stride` elements).
+pub(super) fn unpack_rows(w: &Packed, rows: Range<usize>, dst: &mut [f32], stride: usize) {
     assert!(
-        rows.start.is_multiple_of(PANEL) && rows.end <= w.n && dst.len() == rows.len() * w.k,
+        rows.start.is_multiple_of(PANEL)
+            && rows.end <= w.n
+            && stride >= w.k
+            && dst.len() == rows.len() * stride,
         "unpack_rows: {rows:?} of {} rows",
         w.n
     );
     match w.layout {
         Layout::Panels => {
             let panels = w.panels(rows.start / PANEL..rows.end.div_ceil(PANEL));
-            super::backend().unpack(panels, w.k, rows.len(), dst);
+            super::backend().unpack(panels, w.k, rows.len(), dst, stride);
         }
         Layout::Streams => {
-            for (j, out) in rows.zip(dst.chunks_exact_mut(w.k.max(1))) {
-                super::backend().convert(w.row(j), out);
+            for (j, out) in rows.zip(dst.chunks_exact_mut(stride.max(1))) {
+                super::backend().convert(w.row(j), &mut out[..w.k]);
             }
         }
     }

@@ -216,6 +216,7 @@ fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
         (30, 33),
         (100, 80),
         (530, 1030),
+        (70, 2203),
     ] {
         for dtype in 0..3 {
             let w = Weights::new(dtype, &values((n * k) as u64, n * k));

@@ -8,13 +8,14 @@ mod panels;
 mod probe;
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use half::{bf16, f16};
 
 use super::packed::{Layout, PANEL, assert_stream_operands, layout_override};
 use super::x86_cpu::Cpu;
-use super::{MAX_MR, MAX_NR, Tile, WeightRef};
+use super::{MAX_MR, MAX_NR, RowMap, STRIP_ROWS, Tile, WeightRef};
 use attention::{scaled_dots_kernel, weighted_rows_kernel};
 use panels::{default_layouts, panels_typed, unpack_typed};
 pub(super) use probe::FMA_CHAINS;
@@ -73,18 +74,21 @@ impl Avx2 {
         }
     }
 
-    /// [`Avx2::tile`] against f32 rows `ws` elements apart (the rows of a panel of f32
-    /// weights in the `Streams` layout).
-    pub(super) fn tile_strided(
+    /// See `Backend::strip` (operands checked there and again in [`strip_typed`]).
+    pub(super) fn strip(
         self,
         x: &[f32],
         k: usize,
         mr: usize,
-        w: &[f32],
-        ws: usize,
-        nr: usize,
-    ) -> Tile {
-        tile_typed(self, x, k, mr, w, ws, nr)
+        w: WeightRef<'_>,
+        map: RowMap,
+        out: &mut [f32],
+    ) {
+        match w {
+            WeightRef::F32(w) => strip_typed(self, x, k, mr, w, map, out),
+            WeightRef::F16(w) => strip_typed(self, x, k, mr, w, map, out),
+            WeightRef::BF16(w) => strip_typed(self, x, k, mr, w, map, out),
+        }
     }
 
     /// Dot products of `mr ≤ PANEL_MR` rows of `x` (stride `k`) with the rows of panels
@@ -128,13 +132,20 @@ impl Avx2 {
         }
     }
 
-    /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
-    /// `dst` (`rows · k` elements).
-    pub(super) fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
+    /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into f32 rows of
+    /// `dst`, `stride ≥ k` elements apart.
+    pub(super) fn unpack(
+        self,
+        src: WeightRef<'_>,
+        k: usize,
+        rows: usize,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
         match src {
-            WeightRef::F32(s) => unpack_typed(self, s, k, rows, dst),
-            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
-            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
+            WeightRef::F32(s) => unpack_typed(self, s, k, rows, dst, stride),
+            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst, stride),
+            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst, stride),
         }
     }
 
@@ -355,6 +366,170 @@ fn tile_typed<W: Load8>(
     tile
 }
 
+/// Bytes of `x` one step of [`strip_kernel`] covers (`mr` rows of a slice of `k`): they stay
+/// in L1 while every tile of the strip streams its weight rows past them from L2. Without
+/// steps, rows longer than this (the down projection's `k = 2816`: 33 KiB for 3 rows) spill
+/// out of a 32 KiB L1 and every tile re-reads them from L2 beside its weights.
+const STEP_X_BYTES: usize = 16 << 10;
+
+/// The most tiles in one strip: [`STRIP_ROWS`] rows as row-major tiles at least 3 wide (40),
+/// or as rows packed as streams, whose tiles end at each panel (15 panels of 3 tiles for
+/// `nr = 3`).
+const STRIP_TILES: usize = 45;
+
+/// `mr` rows of `x` against the weight rows `map` places in `w`: `out[i · map.count + j]`.
+fn strip_typed<W: Load8>(
+    _isa: Avx2,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    w: &[W],
+    map: RowMap,
+    out: &mut [f32],
+) {
+    assert!(
+        (1..=NR_FOR_MR.len()).contains(&mr) && map.count <= STRIP_ROWS,
+        "strip of {mr}x{}",
+        map.count
+    );
+    assert!(
+        x.len() >= mr * k
+            && map.stride >= k
+            && w.len() >= map.len(k)
+            && out.len() >= mr * map.count,
+        "strip operands too short"
+    );
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    // SAFETY: `_isa` proves the features; x holds mr rows of k, w every row `map` places
+    // (asserted above, each row k long and rows `map.stride ≥ k` apart within a run), out
+    // mr · map.count results, and map.count ≤ STRIP_ROWS.
+    unsafe {
+        match mr {
+            1 => strip_kernel::<W, 1, 8>(xp, k, wp, map, out),
+            2 => strip_kernel::<W, 2, 5>(xp, k, wp, map, out),
+            3 => strip_kernel::<W, 3, 4>(xp, k, wp, map, out),
+            _ => strip_kernel::<W, 4, 3>(xp, k, wp, map, out),
+        }
+    }
+}
+
+/// The tiles of a strip, `MR × nr` each with `nr ≤ NR` (narrower ones where a run of rows
+/// `stride` apart ends: at a panel's end, or the strip's). Where `MR` rows of `k` outgrow
+/// [`STEP_X_BYTES`], `k` goes in steps: every tile runs [`span`] over one step of chunks, its
+/// accumulators parked in memory until the next step (the same bits as one pass, see [`span`]),
+/// so the step's `x` rows are read from L2 once and from L1 by every other tile. A narrower
+/// tile runs as `nr` columns of `MR × 1`.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` valid for `MR·k` reads (row stride `k`), `w` for `map.len(k)`
+/// with `map.stride ≥ k`; `out` holds `MR · map.count`; `map.count ≤ STRIP_ROWS`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn strip_kernel<W: Load8, const MR: usize, const NR: usize>(
+    x: *const f32,
+    k: usize,
+    w: *const W,
+    map: RowMap,
+    out: &mut [f32],
+) {
+    let count = map.count;
+    // (first row, width) of each tile.
+    let mut tiles = [(0usize, 0usize); STRIP_TILES];
+    let (mut j, mut n) = (0, 0);
+    while j < count {
+        let nr = NR.min(map.run(j));
+        assert!(
+            n < STRIP_TILES,
+            "strip of {count} rows needs more than {STRIP_TILES} tiles"
+        );
+        tiles[n] = (j, nr);
+        n += 1;
+        j += nr;
+    }
+    let tiles = &tiles[..n];
+    let chunks = k.div_ceil(LANES);
+    let most = (STEP_X_BYTES / (MR * LANES * size_of::<f32>())).max(1);
+    let steps = chunks.div_ceil(most);
+    if steps <= 1 {
+        for &(j, nr) in tiles {
+            // SAFETY: rows j..j + nr lie map.stride apart inside w (one run), k elements each.
+            let wj = unsafe { w.add(map.at(j)) };
+            if nr == NR {
+                // SAFETY: as above.
+                let r = unsafe { kernel::<W, MR, NR>(x, wj, k, map.stride) };
+                put_tile(out, count, j, &r);
+            } else {
+                for c in 0..nr {
+                    // SAFETY: as above; row j + c.
+                    let r = unsafe { kernel::<W, MR, 1>(x, wj.add(c * map.stride), k, k) };
+                    put_tile(out, count, j + c, &r);
+                }
+            }
+        }
+        return;
+    }
+    let per = chunks.div_ceil(steps);
+    let zero = _mm256_setzero_ps();
+    // Written at the first step, before any read (zeroing all of them up front would cost
+    // 32 KiB of stores per strip).
+    let mut wide = [const { MaybeUninit::<[[__m256; NR]; MR]>::uninit() }; STRIP_TILES];
+    let mut narrow = [const { MaybeUninit::<[[__m256; 1]; MR]>::uninit() }; STRIP_ROWS];
+    for step in 0..steps {
+        let span_chunks = step * per..((step + 1) * per).min(chunks);
+        for (t, &(j, nr)) in tiles.iter().enumerate() {
+            // SAFETY: as above.
+            let wj = unsafe { w.add(map.at(j)) };
+            if nr == NR {
+                if step == 0 {
+                    wide[t].write([[zero; NR]; MR]);
+                }
+                // SAFETY: written at step 0 (above); as above for the operands, and
+                // span_chunks ends at or before k.div_ceil(LANES).
+                unsafe {
+                    let acc = wide[t].assume_init_mut();
+                    span(x, wj, k, map.stride, span_chunks.clone(), acc);
+                }
+            } else {
+                for c in 0..nr {
+                    if step == 0 {
+                        narrow[j + c].write([[zero; 1]; MR]);
+                    }
+                    // SAFETY: as for the wide tiles; row j + c.
+                    unsafe {
+                        let acc = narrow[j + c].assume_init_mut();
+                        span(x, wj.add(c * map.stride), k, k, span_chunks.clone(), acc);
+                    }
+                }
+            }
+        }
+    }
+    for (t, &(j, nr)) in tiles.iter().enumerate() {
+        if nr == NR {
+            // SAFETY: written at step 0.
+            let r = reduce(unsafe { wide[t].assume_init_ref() });
+            put_tile(out, count, j, &r);
+        } else {
+            for c in 0..nr {
+                // SAFETY: written at step 0.
+                let r = reduce(unsafe { narrow[j + c].assume_init_ref() });
+                put_tile(out, count, j + c, &r);
+            }
+        }
+    }
+}
+
+/// Writes an `MR × N` result to columns `j..j + N` of a strip's `out` (rows `count` apart).
+#[inline]
+fn put_tile<const MR: usize, const N: usize>(
+    out: &mut [f32],
+    count: usize,
+    j: usize,
+    r: &[[f32; N]; MR],
+) {
+    for (i, row) in r.iter().enumerate() {
+        out[i * count + j..i * count + j + N].copy_from_slice(row);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn streams_typed<W: Load8>(
     _isa: Avx2,
@@ -406,15 +581,12 @@ fn spread<const MR: usize, const NR: usize>(r: &[[f32; NR]; MR]) -> Tile {
 }
 
 /// The register micro-kernel: `MR` rows of `x` against `NR` rows of `w`, one 8-lane accumulator
-/// per output, walking `k` in order (canonical order, see the module docs of `linalg`). Each
-/// chunk keeps the vectors of the shorter side in registers and streams the other side's past
-/// them, so `MR·NR + min(MR, NR) + 1` registers are live.
+/// per output, walking `k` in order (canonical order, see the module docs of `linalg`): [`span`]
+/// over every chunk, then [`reduce`].
 ///
 /// # Safety
 /// AVX2/FMA/F16C present; `x` valid for `MR*k` reads (row stride `k`), `w` for `NR` rows of `k`
 /// reads `ws` elements apart.
-// Index loops keep the accumulator grid explicit; LLVM unrolls them into registers.
-#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
@@ -424,8 +596,38 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
     ws: usize,
 ) -> [[f32; NR]; MR] {
     let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    // SAFETY: as this function's contract.
+    unsafe { span(x, w, k, ws, 0..k.div_ceil(LANES), &mut acc) };
+    reduce(&acc)
+}
+
+/// Adds chunks `chunks` (of [`LANES`] elements; the last of `k` may be partial) of the products
+/// of `MR` rows of `x` with `NR` rows of `w` into `acc`, in order: a run of spans over
+/// consecutive chunks leaves the bits of one span over all of them (the accumulators are the
+/// whole state, so parking them in memory between spans changes nothing). Each chunk keeps the
+/// vectors of the shorter side in registers and streams the other side's past them, so
+/// `MR·NR + min(MR, NR) + 1` registers are live.
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `chunks.end ≤ k.div_ceil(LANES)`; `x` valid for `MR*k` reads (row
+/// stride `k`), `w` for `NR` rows of `k` reads `ws` elements apart.
+// Index loops keep the accumulator grid explicit; LLVM unrolls them into registers.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn span<W: Load8, const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    ws: usize,
+    chunks: Range<usize>,
+    acc: &mut [[__m256; NR]; MR],
+) {
+    debug_assert!(chunks.end <= k.div_ceil(LANES), "{chunks:?} of k = {k}");
+    // A local copy, so the accumulators live in registers through the loop.
+    let mut a = *acc;
     let full = k / LANES;
-    for c in 0..full {
+    for c in chunks.start..chunks.end.min(full) {
         let off = c * LANES;
         if MR <= NR {
             // The x vectors stay in registers while the weight vectors stream past them.
@@ -438,7 +640,7 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
                 // SAFETY: off + 8 ≤ k, so this reads inside row j of w.
                 let wv = unsafe { W::load(w.add(j * ws + off)) };
                 for i in 0..MR {
-                    acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                    a[i][j] = _mm256_fmadd_ps(xv[i], wv, a[i][j]);
                 }
             }
         } else {
@@ -452,13 +654,13 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
                 // SAFETY: off + 8 ≤ k, so this reads inside row i of x.
                 let xv = unsafe { _mm256_loadu_ps(x.add(i * k + off)) };
                 for j in 0..NR {
-                    acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+                    a[i][j] = _mm256_fmadd_ps(xv, wv[j], a[i][j]);
                 }
             }
         }
     }
     let rem = k % LANES;
-    if rem != 0 {
+    if rem != 0 && chunks.end > full {
         let off = full * LANES;
         let mut xv = [_mm256_setzero_ps(); MR];
         for (i, v) in xv.iter_mut().enumerate() {
@@ -469,11 +671,11 @@ unsafe fn kernel<W: Load8, const MR: usize, const NR: usize>(
             // SAFETY: row j has exactly rem elements left.
             let wv = unsafe { load_partial(w.add(j * ws + off), rem) };
             for i in 0..MR {
-                acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                a[i][j] = _mm256_fmadd_ps(xv[i], wv, a[i][j]);
             }
         }
     }
-    reduce(&acc)
+    *acc = a;
 }
 
 /// The canonical sums of an `MR×NR` grid of accumulators: eight at a time through [`hsum8`]

@@ -223,11 +223,18 @@ impl Avx512 {
 
     /// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
     /// `dst` (`rows · k` elements).
-    pub(super) fn unpack(self, src: WeightRef<'_>, k: usize, rows: usize, dst: &mut [f32]) {
+    pub(super) fn unpack(
+        self,
+        src: WeightRef<'_>,
+        k: usize,
+        rows: usize,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
         match src {
-            WeightRef::F32(s) => unpack_typed(self, s, k, rows, dst),
-            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst),
-            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst),
+            WeightRef::F32(s) => unpack_typed(self, s, k, rows, dst, stride),
+            WeightRef::F16(s) => unpack_typed(self, s, k, rows, dst, stride),
+            WeightRef::BF16(s) => unpack_typed(self, s, k, rows, dst, stride),
         }
     }
 

@@ -274,20 +274,28 @@ pub(super) fn unpack_typed<W: Load8>(
     k: usize,
     rows: usize,
     dst: &mut [f32],
+    stride: usize,
 ) {
-    assert_unpack_operands(src.len(), k, rows, dst.len());
+    assert_unpack_operands(src.len(), k, rows, dst.len(), stride);
     // SAFETY: the token proves the features; the lengths are asserted above.
-    unsafe { unpack_kernel(src.as_ptr(), dst, k, rows) }
+    unsafe { unpack_kernel(src.as_ptr(), dst, k, rows, stride) }
 }
 
 /// # Safety
 /// AVX2/FMA/F16C present; `s` valid for the panels holding `rows` rows of `padded_k(k)`, and
-/// `dst` holds `rows · k` elements.
+/// `dst` holds `rows` rows of `k` elements `stride ≥ k` apart.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_kernel<W: Load8>(s: *const W, dst: &mut [f32], k: usize, rows: usize) {
+unsafe fn unpack_kernel<W: Load8>(
+    s: *const W,
+    dst: &mut [f32],
+    k: usize,
+    rows: usize,
+    stride: usize,
+) {
     let kp = padded_k(k);
     let (full, rem) = (k / LANES, k % LANES);
-    for (r, out) in dst.chunks_exact_mut(k.max(1)).enumerate().take(rows) {
+    for r in 0..rows {
+        let out = &mut dst[r * stride..r * stride + k];
         let row = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * CHUNK);
         // Half chunk h of the row: the chunk h / 2, its half h % 2.
         const HALVES: usize = CHUNK / LANES;

@@ -73,23 +73,24 @@ pub(super) fn unpack_typed<W: Load16>(
     k: usize,
     rows: usize,
     dst: &mut [f32],
+    stride: usize,
 ) {
-    assert_unpack_operands(src.len(), k, rows, dst.len());
+    assert_unpack_operands(src.len(), k, rows, dst.len(), stride);
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     // SAFETY: the Avx512 token proves the features; the lengths are asserted above.
-    unsafe { unpack_kernel(s, d, k, rows) }
+    unsafe { unpack_kernel(s, d, k, rows, stride) }
 }
 
 /// # Safety
 /// AVX-512 F/BW/VL present; `s` valid for the panels holding `rows` rows of `padded_k(k)`,
-/// `d` for `rows · k` elements.
+/// `d` for `rows` rows of `k` elements `stride ≥ k` apart.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn unpack_kernel<W: Load16>(s: *const W, d: *mut f32, k: usize, rows: usize) {
+unsafe fn unpack_kernel<W: Load16>(s: *const W, d: *mut f32, k: usize, rows: usize, stride: usize) {
     let kp = padded_k(k);
     let (full, rem) = (k / LANES, k % LANES);
     for r in 0..rows {
         let panel = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * LANES);
-        let out = d.wrapping_add(r * k);
+        let out = d.wrapping_add(r * stride);
         for c in 0..full {
             // SAFETY: chunk c of row r is inside the panel; its output inside row r of d.
             unsafe {
