@@ -411,6 +411,20 @@ impl RowMap {
         }
     }
 
+    /// The operands of a strip of `mr ≤ max_mr` rows of `x` over these rows
+    /// ([`Backend::strip`]). Panics where one is too short or the strip too large.
+    fn assert_operands(self, mr: usize, max_mr: usize, x: usize, k: usize, w: usize, out: usize) {
+        assert!(
+            (1..=max_mr).contains(&mr) && self.count <= STRIP_ROWS,
+            "strip of {mr}x{}",
+            self.count
+        );
+        assert!(
+            x >= mr * k && self.stride >= k && w >= self.len(k) && out >= mr * self.count,
+            "strip operands too short"
+        );
+    }
+
     /// The elements a slice must hold for rows of `k` elements.
     fn len(self, k: usize) -> usize {
         if self.count == 0 {
@@ -542,18 +556,7 @@ impl Backend {
     /// `x` stays in L1 across the strip's tiles (`x86_avx2::strip_kernel`), and reads rows
     /// packed as streams; the others take row-major rows, tile by tile.
     fn strip(self, x: &[f32], k: usize, mr: usize, w: WeightRef<'_>, map: RowMap, out: &mut [f32]) {
-        assert!(
-            (1..=self.tile_mr()).contains(&mr) && map.count <= STRIP_ROWS,
-            "strip of {mr}x{}",
-            map.count
-        );
-        assert!(
-            x.len() >= mr * k
-                && map.stride >= k
-                && w.len() >= map.len(k)
-                && out.len() >= mr * map.count,
-            "strip operands too short"
-        );
+        map.assert_operands(mr, self.tile_mr(), x.len(), k, w.len(), out.len());
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(isa) => isa.strip(x, k, mr, w, map, out),

@@ -387,18 +387,7 @@ fn strip_typed<W: Load8>(
     map: RowMap,
     out: &mut [f32],
 ) {
-    assert!(
-        (1..=NR_FOR_MR.len()).contains(&mr) && map.count <= STRIP_ROWS,
-        "strip of {mr}x{}",
-        map.count
-    );
-    assert!(
-        x.len() >= mr * k
-            && map.stride >= k
-            && w.len() >= map.len(k)
-            && out.len() >= mr * map.count,
-        "strip operands too short"
-    );
+    map.assert_operands(mr, NR_FOR_MR.len(), x.len(), k, w.len(), out.len());
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
     // SAFETY: `_isa` proves the features; x holds mr rows of k, w every row `map` places
     // (asserted above, each row k long and rows `map.stride ≥ k` apart within a run), out
