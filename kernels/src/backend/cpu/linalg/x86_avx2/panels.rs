@@ -266,8 +266,8 @@ unsafe fn half_chunk<W: Load8, const MR: usize, const NR: usize, const PARTIAL: 
     }
 }
 
-/// Widens `rows` whole rows of packed panels (`src` starts at a panel) into row-major f32
-/// `dst` (`rows · k` elements).
+/// Widens `rows` whole rows of packed panels (`src` starts at a panel) into f32 rows of
+/// `dst`, `stride ≥ k` elements apart.
 pub(super) fn unpack_typed<W: Load8>(
     _isa: Avx2,
     src: &[W],
@@ -294,22 +294,41 @@ unsafe fn unpack_kernel<W: Load8>(
 ) {
     let kp = padded_k(k);
     let (full, rem) = (k / LANES, k % LANES);
-    for r in 0..rows {
-        let out = &mut dst[r * stride..r * stride + k];
-        let row = s.wrapping_add((r / PANEL) * PANEL * kp + (r % PANEL) * CHUNK);
-        // Half chunk h of the row: the chunk h / 2, its half h % 2.
-        const HALVES: usize = CHUNK / LANES;
-        let at = |h: usize| row.wrapping_add((h / HALVES) * PANEL * CHUNK + (h % HALVES) * LANES);
-        for h in 0..full {
-            // SAFETY: half h of row r lies inside the panel (caller contract), its output
-            // inside `out`.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(h * LANES), W::load(at(h))) };
-        }
-        if rem != 0 {
-            let mut buf = [0.0f32; LANES];
-            // SAFETY: the padded panel holds the whole half, `buf` 8 floats.
-            unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), W::load(at(full))) };
-            out[full * LANES..].copy_from_slice(&buf[..rem]);
+    let d = dst.as_mut_ptr();
+    const HALVES: usize = CHUNK / LANES;
+    // Each panel in memory order: chunk c of rows 0..8 lies in one run of PANEL · CHUNK
+    // elements, so the panel streams in from memory once. Row by row, each row read 32 bytes
+    // of every 256: batch-16 f16 decode on Zen 4 spent a quarter of its time here, and ran
+    // 146–170 tokens/s against 175–184 in memory order (1 thread; 307–334 against 327–350 on
+    // 2). Software prefetch 0.5–2 KiB ahead measured +2–5% on 1 thread and noise on 2: not
+    // kept.
+    for p in 0..rows.div_ceil(PANEL) {
+        let panel = s.wrapping_add(p * PANEL * kp);
+        let present = (rows - p * PANEL).min(PANEL);
+        for c in 0..kp / CHUNK {
+            let run = panel.wrapping_add(c * PANEL * CHUNK);
+            for r in 0..present {
+                let out = d.wrapping_add((p * PANEL + r) * stride);
+                for half in 0..HALVES {
+                    let (h, src) = (
+                        c * HALVES + half,
+                        run.wrapping_add(r * CHUNK + half * LANES),
+                    );
+                    if h < full {
+                        // SAFETY: half h of row p·PANEL + r lies inside the panel (caller
+                        // contract); its 8 outputs lie inside that row of `dst` (h < k / 8).
+                        unsafe { _mm256_storeu_ps(out.add(h * LANES), W::load(src)) };
+                    } else if h == full && rem != 0 {
+                        let mut buf = [0.0f32; LANES];
+                        // SAFETY: the padded panel holds the whole half, `buf` 8 floats, and
+                        // the row's last `rem` outputs lie inside `dst`.
+                        unsafe {
+                            _mm256_storeu_ps(buf.as_mut_ptr(), W::load(src));
+                            std::ptr::copy_nonoverlapping(buf.as_ptr(), out.add(h * LANES), rem);
+                        }
+                    }
+                }
+            }
         }
     }
 }
