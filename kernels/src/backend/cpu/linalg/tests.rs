@@ -506,6 +506,8 @@ fn attention_helpers_have_the_bits_of_tile_and_axpy_on_every_isa() {
             (8, 5, 64),
             (2, 13, 72),
             (5, 3, 7),
+            (1, 19, 64),
+            (5, 17, 9),
         ] {
             let (x, w) = (values(7, m * k), values(8, n * k));
             let (scale, stride) = (0.125, n + 2);

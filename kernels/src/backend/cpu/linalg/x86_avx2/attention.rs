@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{LANES, kernel};
+use super::{LANES, hsum8, kernel, span};
 
 /// `out[i·stride + j] = dot(x_i, w_j)·scale`: tiles of eight accumulators (4×2, 2×4 or 1×8,
 /// one reduction each), each result stored where it belongs.
@@ -44,19 +44,86 @@ pub(super) unsafe fn scaled_dots_kernel(
                     j += $nr;
                 }};
             }
+            macro_rules! put8 {
+                ($mr:literal, $nr:literal) => {{
+                    // SAFETY: as in `put`.
+                    unsafe {
+                        dots8::<$mr, $nr>(
+                            x.add(i * k),
+                            w.add(j * k),
+                            k,
+                            scale,
+                            out.add(i * stride + j),
+                            stride,
+                        )
+                    };
+                    j += $nr;
+                }};
+            }
             match (mr, n - j) {
-                (4, r) if r >= 2 => put!(4, 2),
+                (4, r) if r >= 2 => put8!(4, 2),
                 (4, _) => put!(4, 1),
                 (3, r) if r >= 2 => put!(3, 2),
                 (3, _) => put!(3, 1),
-                (2, r) if r >= 4 => put!(2, 4),
+                (2, r) if r >= 4 => put8!(2, 4),
                 (2, _) => put!(2, 1),
-                (_, r) if r >= 8 => put!(1, 8),
+                (_, r) if r >= 8 => put8!(1, 8),
                 (_, r) if r >= 4 => put!(1, 4),
                 _ => put!(1, 1),
             }
         }
         i += mr;
+    }
+}
+
+/// One `MR × NR = 8` tile of [`scaled_dots_kernel`]: the [`kernel`]'s accumulators reduced
+/// together ([`hsum8`], the lanes in the order `reduce` takes them), scaled as one vector and
+/// stored `NR` lanes per row, without the round trip through an array of sums. The bits are
+/// the `kernel`'s times `scale` (the same additions, then one rounding multiply each).
+///
+/// # Safety
+/// AVX2/FMA/F16C present; `x` holds `MR` and `w` `NR` rows of `k`; `out` is valid for
+/// `(MR - 1)·stride + NR` writes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dots8<const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const f32,
+    k: usize,
+    scale: f32,
+    out: *mut f32,
+    stride: usize,
+) {
+    const { assert!(MR * NR == LANES && matches!(NR, 2 | 4 | 8)) };
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    // SAFETY: the rows span reads are this function's contract.
+    unsafe { span(x, w, k, k, 0..k.div_ceil(LANES), &mut acc) };
+    let group: [__m256; LANES] = std::array::from_fn(|g| acc[g / NR][g % NR]);
+    let sums = _mm256_mul_ps(hsum8(group), _mm256_set1_ps(scale));
+    // SAFETY (every store): row i's NR lanes land at i·stride .. i·stride + NR, inside `out`.
+    unsafe {
+        match NR {
+            8 => _mm256_storeu_ps(out, sums),
+            4 => {
+                _mm_storeu_ps(out, _mm256_castps256_ps128(sums));
+                _mm_storeu_ps(out.add(stride), _mm256_extractf128_ps::<1>(sums));
+            }
+            _ => {
+                // NR = 2: rows 0 and 1 in the low half, 2 and 3 in the high one. Each pair goes
+                // out as one 8-byte store (`movq`, no alignment asked).
+                let (lo, hi) = (
+                    _mm256_castps256_ps128(sums),
+                    _mm256_extractf128_ps::<1>(sums),
+                );
+                let pair = |row: usize, v: __m128| {
+                    _mm_storel_epi64(out.add(row * stride).cast(), _mm_castps_si128(v))
+                };
+                pair(0, lo);
+                pair(1, _mm_movehl_ps(lo, lo));
+                pair(2, hi);
+                pair(3, _mm_movehl_ps(hi, hi));
+            }
+        }
     }
 }
 
