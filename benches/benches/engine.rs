@@ -81,7 +81,7 @@ fn attention(c: &mut Criterion) {
     };
     let (block_size, context) = (16, 512usize);
     let backend = CpuBackend::new(1).expect("pool");
-    let mut store = backend.kv_store(context / block_size, block_size, layout.kv_width());
+    let mut store = backend.kv_store(context / block_size, block_size, layout);
     let qkv = backend.vector(&helixflow_benches::values(context * layout.width(), 5));
     let slots: Vec<u32> = (0..context as u32).collect();
     backend.write_kv(&mut store, &qkv, layout, &slots);

@@ -87,7 +87,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Copies a buffer back to the host.
     fn read(&self, src: &Self::Buffer, dst: &mut Vec<f32>);
     /// Allocates one layer's KV store with `num_blocks * block_size` token slots.
-    fn kv_store(&self, num_blocks: usize, block_size: usize, kv_width: usize) -> Self::KvStore;
+    fn kv_store(&self, num_blocks: usize, block_size: usize, layout: QkvLayout) -> Self::KvStore;
 
     /// `out[r] = table[tokens[r]]` (rows of width `table.cols`).
     fn embed(&self, table: &Self::Matrix, tokens: &[u32], out: &mut Self::Buffer);

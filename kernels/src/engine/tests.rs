@@ -392,6 +392,11 @@ proptest! {
                 let other = &out[&(id, choice)];
                 prop_assert_eq!(other.0.len(), got.0.len());
                 prop_assert!(other.1.is_some());
+                if req.sampling.temperature == 0.0 {
+                    // Greedy choices share their prompt's blocks and copy the partial last
+                    // one on their first write: they must still read the same cache.
+                    prop_assert_eq!(&other.0, &got.0, "request {} choice {}", id, choice);
+                }
             }
         }
     }

@@ -319,10 +319,7 @@ impl<B: Backend> Model<B> {
     pub fn kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage<B> {
         KvStorage {
             layers: (0..self.config.num_layers)
-                .map(|_| {
-                    self.backend
-                        .kv_store(num_blocks, block_size, self.layout.kv_width())
-                })
+                .map(|_| self.backend.kv_store(num_blocks, block_size, self.layout))
                 .collect(),
             block_size,
             num_blocks,

@@ -130,21 +130,25 @@ impl CpuMatrix {
     }
 }
 
-/// One layer's K and V, each `[block, kv_head, offset, head_dim]`: one head's keys (or
-/// values) in a block form a contiguous `[offset, head_dim]` matrix, which attention multiplies
-/// as a whole. A token slot is `block * block_size + offset`.
+/// One layer's K and V, each `[kv_head, slot, head_dim]` (a token slot is `block * block_size
+/// + offset`): one head's keys (or values) in a block form a contiguous `[offset, head_dim]`
+/// matrix, and so do those of consecutive blocks, which attention multiplies as one (a
+/// sequence's blocks mostly follow each other in the store). Head-major instead of
+/// `[block, kv_head, ...]`, where a head's positions came in 4 KiB runs 16 KiB apart.
 pub struct CpuKvStore {
-    kv_width: usize,
+    head_dim: usize,
+    kv_heads: usize,
     block_size: usize,
+    /// Token slots per head (`num_blocks * block_size`).
+    slots: usize,
     k: linalg::ZeroedPages<f32>,
     v: linalg::ZeroedPages<f32>,
 }
 
 impl CpuKvStore {
-    /// Index of `slot`'s first element of KV head `head` (head dimension `hd`).
-    fn at(&self, slot: usize, head: usize, hd: usize) -> usize {
-        let (block, offset) = (slot / self.block_size, slot % self.block_size);
-        block * self.block_size * self.kv_width + (head * self.block_size + offset) * hd
+    /// Index of `slot`'s first element of KV head `head`.
+    fn at(&self, slot: usize, head: usize) -> usize {
+        (head * self.slots + slot) * self.head_dim
     }
 }
 
@@ -211,11 +215,14 @@ impl Backend for CpuBackend {
         dst.extend_from_slice(src);
     }
 
-    fn kv_store(&self, num_blocks: usize, block_size: usize, kv_width: usize) -> CpuKvStore {
-        let len = num_blocks * block_size * kv_width;
+    fn kv_store(&self, num_blocks: usize, block_size: usize, layout: QkvLayout) -> CpuKvStore {
+        let slots = num_blocks * block_size;
+        let len = slots * layout.kv_width();
         CpuKvStore {
-            kv_width,
+            head_dim: layout.head_dim,
+            kv_heads: layout.num_kv_heads,
             block_size,
+            slots,
             k: linalg::ZeroedPages::new(len),
             v: linalg::ZeroedPages::new(len),
         }
@@ -293,7 +300,7 @@ impl Backend for CpuBackend {
         let v_start = k_start + layout.kv_width();
         for (row, &slot) in qkv.chunks_exact(layout.width()).zip(slots) {
             for h in 0..layout.num_kv_heads {
-                let at = store.at(slot as usize, h, hd);
+                let at = store.at(slot as usize, h);
                 store.k[at..at + hd].copy_from_slice(&row[k_start + h * hd..][..hd]);
                 store.v[at..at + hd].copy_from_slice(&row[v_start + h * hd..][..hd]);
             }
@@ -336,18 +343,23 @@ impl Backend for CpuBackend {
                 .map_or(0, |w| (pos + 1).saturating_sub(w));
             let span = pos + 1 - first;
             let q = &qkv[row * layout.width() + g * group * hd..][..group * hd];
-            // Positions first..=pos, a block (or the part of one inside the range) at a time:
-            // (index of the first position in the span, positions, index of the first K/V
-            // element).
+            // Positions first..=pos, a run of blocks that follow each other in the store (or
+            // the part of one inside the range) at a time: (index of the first position in the
+            // span, positions, index of the first K/V element). Each score and each output
+            // element gets the same operations in the same order however the run is cut.
             let pieces = || {
                 let mut p = first;
                 std::iter::from_fn(move || {
                     (p <= pos).then(|| {
-                        let end = (p / bs + 1) * bs;
-                        let n = end.min(pos + 1) - p;
+                        let mut block = table[p / bs];
+                        let mut end = ((p / bs + 1) * bs).min(pos + 1);
+                        while end <= pos && table[end / bs] == block + 1 {
+                            block += 1;
+                            end = (end + bs).min(pos + 1);
+                        }
                         let slot = table[p / bs] as usize * bs + p % bs;
-                        let piece = (p - first, n, store.at(slot, g, hd));
-                        p += n;
+                        let piece = (p - first, end - p, store.at(slot, g));
+                        p = end;
                         piece
                     })
                 })
@@ -400,9 +412,14 @@ impl Backend for CpuBackend {
     }
 
     fn copy_block(&self, store: &mut CpuKvStore, src: u32, dst: u32) {
-        let len = store.block_size * store.kv_width;
-        let (src, dst) = (src as usize * len, dst as usize * len);
-        store.k.copy_within(src..src + len, dst);
-        store.v.copy_within(src..src + len, dst);
+        let (bs, len) = (store.block_size, store.block_size * store.head_dim);
+        for h in 0..store.kv_heads {
+            let (from, to) = (
+                store.at(src as usize * bs, h),
+                store.at(dst as usize * bs, h),
+            );
+            store.k.copy_within(from..from + len, to);
+            store.v.copy_within(from..from + len, to);
+        }
     }
 }
