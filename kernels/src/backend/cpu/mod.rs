@@ -351,13 +351,13 @@ impl Backend for CpuBackend {
                 let mut p = first;
                 std::iter::from_fn(move || {
                     (p <= pos).then(|| {
-                        let mut block = table[p / bs];
-                        let mut end = ((p / bs + 1) * bs).min(pos + 1);
+                        let first_block = table[p / bs];
+                        let (mut block, mut end) = (first_block, ((p / bs + 1) * bs).min(pos + 1));
                         while end <= pos && table[end / bs] == block + 1 {
                             block += 1;
                             end = (end + bs).min(pos + 1);
                         }
-                        let slot = table[p / bs] as usize * bs + p % bs;
+                        let slot = first_block as usize * bs + p % bs;
                         let piece = (p - first, end - p, store.at(slot, g));
                         p = end;
                         piece
