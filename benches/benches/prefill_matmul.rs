@@ -7,6 +7,9 @@
 //! cargo bench -p helixflow-benches --bench prefill_matmul -- --threads 1 --reps 9 --x-offset 0
 //! ```
 //!
+//! `--shape NxK` measures that one shape instead (e.g. `--shape 4096x14336`, the shape llama.cpp's
+//! `test-backend-ops perf -o MUL_MAT` times, for a comparison with its matmul).
+//!
 //! `--x-offset F` starts `x` F floats into its buffer: where the kernels' speed depends on how
 //! the operands lie relative to each other (cache sets), shifting one shows it. The first
 //! shape runs again at the end, to show what the first call's warm-up (page faults of the
@@ -40,12 +43,28 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `--shape NxK`, if given.
+fn shape_arg() -> Option<(usize, usize)> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--shape")?;
+    let value = args.get(at + 1).expect("--shape takes NxK");
+    let (n, k) = value
+        .split_once('x')
+        .and_then(|(n, k)| Some((n.parse().ok()?, k.parse().ok()?)))
+        .unwrap_or_else(|| panic!("--shape takes NxK, not {value:?}"));
+    Some((n, k))
+}
+
 fn main() {
     let (threads, reps, offset) = (arg("--threads", 1), arg("--reps", 9), arg("--x-offset", 0));
     let pool = pool(threads);
     let m = 512;
     println!("m = {m}, {threads} thread(s), best / median of {reps} calls, x offset {offset}");
-    for (n, k) in SHAPES {
+    let shapes = match shape_arg() {
+        Some(shape) => vec![shape],
+        None => SHAPES.to_vec(),
+    };
+    for (n, k) in shapes {
         let buffer = values(offset + m * k, 1);
         let x = &buffer[offset..];
         let w = values(n * k, 2);
