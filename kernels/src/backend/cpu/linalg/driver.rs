@@ -148,7 +148,7 @@ fn panel_block_rows(k: usize, element: usize) -> usize {
 
 /// Rows of `w` per cache block, as [`compute_rows`] will walk them for `m` rows of `x`.
 fn blocks_of(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
-    if !prefill_on_panels(backend, m) {
+    if !prefill_on_panels(backend, m, w) {
         return block_rows(k);
     }
     // Packed panels are read in their dtype, other weights interleaved into f32 panels.
@@ -162,8 +162,8 @@ fn blocks_of(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
 /// Whether `m` rows of `x` run on panels ([`compute_panel_blocks`]): where the instruction
 /// set has the panel kernel, many rows of `x` run on panels (it streams a tile's weight rows
 /// from L2 as one sequence), whatever layout the weights are stored in.
-fn prefill_on_panels(backend: Backend, m: usize) -> bool {
-    m > backend.tile_mr() && backend.prefill_panels()
+fn prefill_on_panels(backend: Backend, m: usize, w: Weights<'_>) -> bool {
+    m > backend.tile_mr() && backend.prefill_panels(w, m)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -226,8 +226,8 @@ impl Split {
 
 /// Products with at most this many rows of `x` are decode: the weights stream once from
 /// memory (as panels where they are packed), each unit of work a few KiB of them. Taller ones
-/// work on L2-sized blocks: panels where they lie (AVX-512), otherwise rows widened to f32 once
-/// per block when the weights are 16-bit.
+/// work on L2-sized blocks: panels where they lie (AVX-512, and AVX2 up to 64 rows of `x`),
+/// otherwise rows widened to f32 once per block when the weights are 16-bit.
 const DECODE_ROWS: usize = 4;
 
 /// Weight bytes per unit of work when decoding (`m ≤ DECODE_ROWS`): small enough that the threads
@@ -355,7 +355,7 @@ fn compute_blocks(
     out: SharedOut,
     cols: Range<usize>,
 ) {
-    if prefill_on_panels(backend, m) {
+    if prefill_on_panels(backend, m, w) {
         return compute_panel_blocks(backend, x, m, k, w, bias, out, cols);
     }
     if let Weights::Packed(p) = w

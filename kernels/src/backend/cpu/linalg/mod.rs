@@ -670,13 +670,23 @@ impl Backend {
         }
     }
 
-    /// Whether this instruction set runs many rows of `x` on L2-sized blocks of panels (the
-    /// panel kernel, AVX-512): packed panels where they lie, other weights interleaved into f32
-    /// panels first.
-    fn prefill_panels(self) -> bool {
+    /// Whether this instruction set runs `m` rows of `x` on L2-sized blocks of panels of `w`
+    /// (the panel kernel): AVX-512 for every weight (packed panels where they lie, other
+    /// weights interleaved into f32 panels first); AVX2 for weights packed as panels, read where
+    /// they lie, up to [`x86_avx2::CACHED_PANEL_ROWS`] rows of `x`. Taller products on AVX2
+    /// widen each block into f32 rows once for the 4×3 row tiles (see that constant).
+    fn prefill_panels(self, w: driver::Weights<'_>, m: usize) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(_) => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => {
+                m <= x86_avx2::CACHED_PANEL_ROWS
+                    && matches!(
+                        w,
+                        driver::Weights::Packed(p) if p.layout() == packed::Layout::Panels
+                    )
+            }
             _ => false,
         }
     }
@@ -744,6 +754,9 @@ impl Backend {
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(isa) => isa.panels_cached(x, k, mr, panels, count, out),
+            // AVX2's panel kernel has no software prefetch to turn off.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.panels(x, k, mr, panels, count, out),
             _ => unreachable!("no cached panel kernel for {self:?}"),
         }
     }
