@@ -671,10 +671,11 @@ impl Backend {
     }
 
     /// Whether this instruction set runs `m` rows of `x` on L2-sized blocks of panels of `w`
-    /// (the panel kernel): AVX-512 for every weight (packed panels where they lie, other
-    /// weights interleaved into f32 panels first); AVX2 for weights packed as panels, read where
-    /// they lie, up to [`x86_avx2::CACHED_PANEL_ROWS`] rows of `x`. Taller products on AVX2
-    /// widen each block into f32 rows once for the 4×3 row tiles (see that constant).
+    /// (the packed-weight kernels): AVX-512 for every weight (packed panels and f32 streams
+    /// where they lie, other weights interleaved into f32 panels first); AVX2 for 16-bit
+    /// weights packed either way, read where they lie, up to [`x86_avx2::CACHED_PANEL_ROWS`]
+    /// rows of `x`. Taller products on AVX2, and its f32 streams, run the 4×3 row tiles
+    /// (16-bit blocks widened into f32 rows once; see that constant).
     fn prefill_panels(self, w: driver::Weights<'_>, m: usize) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -682,11 +683,22 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2(_) => {
                 m <= x86_avx2::CACHED_PANEL_ROWS
-                    && matches!(
-                        w,
-                        driver::Weights::Packed(p) if p.layout() == packed::Layout::Panels
-                    )
+                    && matches!(w, driver::Weights::Packed(p) if p.element_bytes() == 2)
             }
+            _ => false,
+        }
+    }
+
+    /// Whether [`driver::compute_panel_blocks`] reads `w`'s streams where they lie
+    /// ([`Backend::streams_cached`]) rather than interleaving each block into f32 panels:
+    /// f32 streams on AVX-512 (nothing to widen), every stream AVX2 runs there (16-bit ones,
+    /// widened in registers as decode widens them).
+    fn streams_in_place(self, w: &Packed) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512(_) => w.element_bytes() == 4,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(_) => true,
             _ => false,
         }
     }
@@ -778,6 +790,9 @@ impl Backend {
             Backend::Avx512(isa) => {
                 isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out, true)
             }
+            // AVX2's stream kernel has no software prefetch to turn off.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2(isa) => isa.streams(x, k, mr, w.all(), w.stream_stride(), panels, out),
             _ => unreachable!("no cached stream kernel for {self:?}"),
         }
     }

@@ -229,8 +229,9 @@ fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
                 assert_eq!(row, want, "row {j} of {n}x{k}");
             }
             let bias = values(n as u64, n);
-            // 5 and 9 rows run AVX2's panel kernel over cached blocks, 65 (past its
-            // `CACHED_PANEL_ROWS`) the row tiles over blocks widened into f32 rows.
+            // 5 and 9 rows run AVX2's panel or stream kernel over cached blocks of 16-bit
+            // weights, 65 (past its `CACHED_PANEL_ROWS`) the row tiles over blocks widened
+            // into f32 rows.
             for m in [1, 2, 3, 4, 5, 9, 65] {
                 let x = values((m * k) as u64 + 3, m * k);
                 for threads in [1, 2] {

@@ -37,14 +37,16 @@ pub(super) const NR_FOR_MR: [usize; 4] = [8, 5, 4, 3];
 /// on panels (docs/BENCHMARKS.md).
 pub(super) const PANEL_MR: usize = 2;
 
-/// The most rows of `x` a product on weights packed as panels runs on the panel kernel over
-/// L2-sized blocks of the panels in place (two rows at a time, widening in registers); taller
-/// ones widen each block into f32 rows once and run the 4×3 row tiles over them. Measured on
-/// Zen 4 (f16, docs/BENCHMARKS.md): on the panels batch-16 decode ran 231–235 tokens/s on 1
-/// thread against 178 widened (writing the widened rows into L2 took a fifth of the time),
-/// batch 8 213 against 137, batch 64 249–252 against 232, and prefill of 32 and 64 tokens on
-/// 2 threads 1.08–1.16× and 1.05–1.11× faster; from 128 rows on, 2 threads ran 3–6% slower
-/// on the panels (1 thread level or faster).
+/// The most rows of `x` a product on 16-bit packed weights runs on the decode kernels (panel
+/// or stream) over L2-sized blocks of the weights in place (two rows at a time, widening in
+/// registers); taller ones widen each block into f32 rows once and run the 4×3 row tiles
+/// over them. Measured (f16, docs/BENCHMARKS.md) on Zen 4's panels: batch-16 decode ran
+/// 231–235 tokens/s on 1 thread against 178 widened (writing the widened rows into L2 took a
+/// fifth of the time), batch 8 213 against 137, batch 64 249–252 against 232, and prefill of
+/// 32 and 64 tokens on 2 threads 1.08–1.16× and 1.05–1.11× faster; from 128 rows on, 2
+/// threads ran 3–6% slower on the panels (1 thread level or faster). On Zen 3's streams
+/// (512 KiB of L2): batch 8 220–230 against 127–150, batch 32 224–236 against 205–216,
+/// batch 48 level, batch 64 within the noise (1–5% slower on 1 thread in most rounds).
 pub(super) const CACHED_PANEL_ROWS: usize = 64;
 
 /// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one), and the layouts
