@@ -162,9 +162,10 @@ fn blocks_of(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
     panel_block_rows(k, element)
 }
 
-/// Whether `m` rows of `x` run on panels ([`compute_panel_blocks`]): where the instruction
-/// set has the panel kernel, many rows of `x` run on panels (it streams a tile's weight rows
-/// from L2 as one sequence), whatever layout the weights are stored in.
+/// Whether `m` rows of `x` run on the packed-weight kernels over cached blocks
+/// ([`compute_panel_blocks`], see [`Backend::prefill_panels`]): on AVX-512 many rows of `x`
+/// run on panels (a tile's weight rows stream from L2 as one sequence) whatever layout the
+/// weights are stored in; on AVX2 up to 64 rows on 16-bit weights, panels or streams.
 fn prefill_on_panels(backend: Backend, m: usize, w: Weights<'_>) -> bool {
     m > backend.tile_mr() && backend.prefill_panels(w, m)
 }
@@ -229,8 +230,9 @@ impl Split {
 
 /// Products with at most this many rows of `x` are decode: the weights stream once from
 /// memory (as panels where they are packed), each unit of work a few KiB of them. Taller ones
-/// work on L2-sized blocks: panels where they lie (AVX-512, and AVX2 up to 64 rows of `x`),
-/// otherwise rows widened to f32 once per block when the weights are 16-bit.
+/// work on L2-sized blocks: packed weights where they lie (AVX-512, and AVX2's 16-bit ones up
+/// to 64 rows of `x`), otherwise rows widened to f32 once per block when the weights are
+/// 16-bit.
 const DECODE_ROWS: usize = 4;
 
 /// Weight bytes per unit of work when decoding (`m ≤ DECODE_ROWS`): small enough that the threads
