@@ -151,12 +151,10 @@ fn blocks_of(backend: Backend, m: usize, k: usize, w: Weights<'_>) -> usize {
     if !prefill_on_panels(backend, m, w) {
         return block_rows(k);
     }
-    // Packed panels (and streams read in place) are read in their dtype, other weights
-    // interleaved into f32 panels.
+    // Packed weights read in place are read in their dtype, others interleaved into f32
+    // panels.
     let element = match w {
-        Weights::Packed(p) if p.layout() == Layout::Panels || backend.streams_in_place(p) => {
-            p.element_bytes()
-        }
+        Weights::Packed(p) if backend.packed_in_place(p) => p.element_bytes(),
         _ => size_of::<f32>(),
     };
     panel_block_rows(k, element)
@@ -437,11 +435,11 @@ fn compute_blocks(
 /// would save the conversions but double the bytes every tile reads from L2, and L2 is what the
 /// kernel waits on (Zen 5: the f16 prefill matmul 1.05–1.14× faster in place, 1.3–1.45× for
 /// 16 rows of `x`; docs/BENCHMARKS.md). Row-major weights are interleaved into f32 panels
-/// first, and so are weights packed as streams unless [`Backend::streams_in_place`]: then the
+/// first, and so are weights packed as streams unless [`Backend::packed_in_place`]: then the
 /// stream tile reads them where they lie (AVX-512's f32 streams, where a copy only costs:
 /// batch-16 decode on Ice Lake, 1 thread, 142–160 tokens/s copying against 175–179 in place;
-/// AVX2's 16-bit streams, widened in registers: batch-8 f16 decode on Zen 3 1.5–1.7× and
-/// batch 16 1.05–1.35× faster than widening each block into f32 rows first). The bits are the
+/// AVX2's 16-bit streams, widened in registers: f16 decode on Zen 3, 1 and 2 threads, batch 8
+/// 1.34–1.73× and batch 16 1.08–1.36× faster than widening each block into f32 rows first). The bits are the
 /// row-major tile's (the kernels keep the canonical order, and widening is exact).
 #[allow(clippy::too_many_arguments)]
 fn compute_panel_blocks(
@@ -462,7 +460,7 @@ fn compute_panel_blocks(
     // stream tile reads the 8 rows of a panel a stream stride apart, from L2 after the first
     // tile); everything else is interleaved into f32 panels per block.
     let in_place = match w {
-        Weights::Packed(p) => p.layout() == Layout::Panels || backend.streams_in_place(p),
+        Weights::Packed(p) => backend.packed_in_place(p),
         Weights::Rows(_) => false,
     };
     let most = if in_place {
@@ -533,7 +531,7 @@ fn compute_panel_blocks(
 enum Block<'a> {
     /// Whole panels of the `Panels` layout (packed, or interleaved into f32 ones).
     Panels(WeightRef<'a>),
-    /// Weights packed as streams, read where they lie ([`Backend::streams_in_place`]).
+    /// Weights packed as streams, read where they lie ([`Backend::packed_in_place`]).
     Streams(&'a Packed),
 }
 

@@ -689,11 +689,15 @@ impl Backend {
         }
     }
 
-    /// Whether [`driver::compute_panel_blocks`] reads `w`'s streams where they lie
-    /// ([`Backend::streams_cached`]) rather than interleaving each block into f32 panels:
-    /// f32 streams on AVX-512 (nothing to widen), every stream AVX2 runs there (16-bit ones,
-    /// widened in registers as decode widens them).
-    fn streams_in_place(self, w: &Packed) -> bool {
+    /// Whether [`driver::compute_panel_blocks`] reads `w` where it lies, in its dtype, rather
+    /// than interleaving each block into f32 panels: panels always ([`Backend::panels_cached`]);
+    /// streams ([`Backend::streams_cached`]) where they are f32 on AVX-512 (nothing to widen)
+    /// and every stream AVX2 runs there (16-bit ones, widened in registers as decode widens
+    /// them).
+    fn packed_in_place(self, w: &Packed) -> bool {
+        if w.layout() == packed::Layout::Panels {
+            return true;
+        }
         match self {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512(_) => w.element_bytes() == 4,

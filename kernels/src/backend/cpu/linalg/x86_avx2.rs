@@ -46,7 +46,8 @@ pub(super) const PANEL_MR: usize = 2;
 /// 32 and 64 tokens on 2 threads 1.08–1.16× and 1.05–1.11× faster; from 128 rows on, 2
 /// threads ran 3–6% slower on the panels (1 thread level or faster). On Zen 3's streams
 /// (512 KiB of L2): batch 8 220–230 against 127–150, batch 32 224–236 against 205–216,
-/// batch 48 level, batch 64 within the noise (1–5% slower on 1 thread in most rounds).
+/// batch 48 level, batch 64 2–8% slower on 1 thread in five of six rounds (2 threads level
+/// within the noise).
 pub(super) const CACHED_PANEL_ROWS: usize = 64;
 
 /// Proof that the CPU has AVX2, FMA and F16C (only [`Avx2::detect`] makes one), and the layouts
