@@ -439,8 +439,9 @@ fn compute_blocks(
 /// stream tile reads them where they lie (AVX-512's f32 streams, where a copy only costs:
 /// batch-16 decode on Ice Lake, 1 thread, 142–160 tokens/s copying against 175–179 in place;
 /// AVX2's 16-bit streams, widened in registers: f16 decode on Zen 3, 1 and 2 threads, batch 8
-/// 1.34–1.73× and batch 16 1.08–1.36× faster than widening each block into f32 rows first). The bits are the
-/// row-major tile's (the kernels keep the canonical order, and widening is exact).
+/// 1.34–1.73× and batch 16 1.08–1.36× faster than widening each block into f32 rows first).
+/// The bits are the row-major tile's (the kernels keep the canonical order, and widening is
+/// exact).
 #[allow(clippy::too_many_arguments)]
 fn compute_panel_blocks(
     backend: Backend,

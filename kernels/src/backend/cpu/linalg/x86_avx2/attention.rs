@@ -128,7 +128,7 @@ unsafe fn dots8<const MR: usize, const NR: usize>(
 }
 
 /// `out_i = fma(p[i·stride + t], v_t, out_i)` for `t` in order, per row `i`: the bits of
-/// [`axpy_rows_kernel`] on each row, with every row of `v` loaded once for up to four rows of
+/// [`axpy_rows_kernel`](super::vector::axpy_rows_kernel) on each row, with every row of `v` loaded once for up to four rows of
 /// `out` (tiles of 4 rows × 16 lanes in registers).
 ///
 /// # Safety
