@@ -72,10 +72,11 @@ impl Workers {
     /// [`for_each_thread`] calls. A panic in the pass or in a job reaches the caller.
     ///
     /// A pool of one thread runs the pass on the calling thread instead, as a team of one: handing
-    /// it to the pool's thread cost every step two futex calls, two context switches and the
-    /// worker's yielding spin before it slept (~1% of a batch-1 decode step's samples on Zen 5),
-    /// for no parallelism. Passes still run one at a time, so a one-thread backend computes on one
-    /// core whoever calls it.
+    /// it to the pool's thread cost every step futex calls, context switches, the worker's
+    /// yielding spin before it slept and the caller's wake-up, for no parallelism (1-thread
+    /// batch-1 f16 decode on Zen 5 ran a median 1.09× faster without; docs/BENCHMARKS.md).
+    /// Passes still run one at a time, so a one-thread backend computes on one core whoever
+    /// calls it.
     pub fn run_pass<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
         let threads = self.pool.current_num_threads();
         if leading(&self.pool).is_some() {
