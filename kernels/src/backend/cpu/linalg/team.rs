@@ -74,7 +74,7 @@ impl Workers {
     /// A pool of one thread runs the pass on the calling thread instead, as a team of one: handing
     /// it to the pool's thread cost every step futex calls, context switches, the worker's
     /// yielding spin before it slept and the caller's wake-up, for no parallelism (1-thread
-    /// batch-1 f16 decode on Zen 5 ran a median 1.09× faster without; docs/BENCHMARKS.md).
+    /// batch-1 f16 decode on Zen 5 ran a median 1.10× faster without; docs/BENCHMARKS.md).
     /// Passes still run one at a time, so a one-thread backend computes on one core whoever
     /// calls it.
     pub fn run_pass<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
@@ -85,14 +85,14 @@ impl Workers {
         let _one_pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
         let team = Team {
             pool: pool_id(&self.pool),
-            threads: threads.max(1),
+            threads,
             job: Mutex::new(None),
             generation: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             panicked: Mutex::new(None),
         };
-        if team.threads == 1 {
+        if threads == 1 {
             return team.lead(pass);
         }
         let pass = Mutex::new(Some(pass));
