@@ -12,7 +12,7 @@ use half::{bf16, f16};
 
 use super::{AttentionBatch, Backend, HostMatrix, QkvLayout};
 use crate::dtype::DType;
-use linalg::{Slab, WeightRef};
+use linalg::{LeWeights, Slab, WeightRef};
 
 /// Below this many multiply-adds an op runs inline: a dispatch costs more.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
@@ -157,13 +157,6 @@ fn resize(buf: &mut Vec<f32>, len: usize) {
     buf.resize(len, 0.0);
 }
 
-fn le_elements<T, const N: usize>(parts: &[&[u8]], convert: impl Fn([u8; N]) -> T) -> Vec<T> {
-    parts
-        .iter()
-        .flat_map(|p| p.as_chunks::<N>().0.iter().map(|c| convert(*c)))
-        .collect()
-}
-
 impl Backend for CpuBackend {
     type Matrix = CpuMatrix;
     type Buffer = Vec<f32>;
@@ -176,28 +169,27 @@ impl Backend for CpuBackend {
     fn matrix(&self, host: HostMatrix<'_>) -> CpuMatrix {
         let (n, k) = (host.rows, host.cols);
         let arena = &self.arena;
-        let weights = match host.dtype {
-            DType::F32 => {
-                let w = le_elements(host.parts, f32::from_le_bytes);
-                match linalg::Packed::new_in(arena, WeightRef::F32(&w), n, k) {
-                    Some(p) => CpuWeights::Packed(p),
-                    None => CpuWeights::F32(arena.copy(&w)),
-                }
-            }
-            DType::F16 => {
-                let w = le_elements(host.parts, f16::from_le_bytes);
-                match linalg::Packed::new_in(arena, WeightRef::F16(&w), n, k) {
-                    Some(p) => CpuWeights::Packed(p),
-                    None => CpuWeights::F16(arena.copy(&w)),
-                }
-            }
-            DType::BF16 => {
-                let w = le_elements(host.parts, bf16::from_le_bytes);
-                match linalg::Packed::new_in(arena, WeightRef::BF16(&w), n, k) {
-                    Some(p) => CpuWeights::Packed(p),
-                    None => CpuWeights::BF16(arena.copy(&w)),
-                }
-            }
+        let parts = host.parts;
+        assert_eq!(
+            parts.iter().map(|p| p.len()).sum::<usize>(),
+            n * k * host.dtype.size(),
+            "matrix: the parts do not hold [{n}, {k}] {} elements",
+            host.dtype
+        );
+        // Packed straight from the file's bytes where the kernels read packed weights;
+        // otherwise copied as they are (widened from little-endian) for the portable code.
+        let le = match host.dtype {
+            DType::F32 => LeWeights::F32(parts),
+            DType::F16 => LeWeights::F16(parts),
+            DType::BF16 => LeWeights::BF16(parts),
+        };
+        let weights = match linalg::Packed::from_le_in(arena, le, n, k) {
+            Some(p) => CpuWeights::Packed(p),
+            None => match host.dtype {
+                DType::F32 => CpuWeights::F32(arena.from_le(parts)),
+                DType::F16 => CpuWeights::F16(arena.from_le(parts)),
+                DType::BF16 => CpuWeights::BF16(arena.from_le(parts)),
+            },
         };
         CpuMatrix {
             rows: n,

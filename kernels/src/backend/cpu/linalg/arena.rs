@@ -37,10 +37,36 @@ const REGION_BYTES: usize = 1 << 30;
 const SLAB_ALIGN: usize = 64;
 
 /// Element types a slab can hold: plain numbers whose all-zero bit pattern is `0`.
-pub trait Element: Copy + Send + Sync + 'static + sealed::Sealed {}
-impl Element for f32 {}
-impl Element for f16 {}
-impl Element for bf16 {}
+pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
+    /// Fills `out` from the little-endian bytes of as many elements (as a safetensors file
+    /// stores them); panics unless `bytes` holds exactly that many.
+    fn from_le(bytes: &[u8], out: &mut [Self]);
+}
+
+/// [`Element`] for a type with `from_le_bytes`: a plain loop over whole elements, which the
+/// compiler turns into vector copies on a little-endian machine.
+macro_rules! element {
+    ($t:ty, $n:literal) => {
+        impl Element for $t {
+            fn from_le(bytes: &[u8], out: &mut [$t]) {
+                let (elements, rest) = bytes.as_chunks::<$n>();
+                assert!(
+                    rest.is_empty() && elements.len() == out.len(),
+                    "{} bytes for {} elements of {} bytes",
+                    bytes.len(),
+                    out.len(),
+                    $n
+                );
+                for (o, e) in out.iter_mut().zip(elements) {
+                    *o = <$t>::from_le_bytes(*e);
+                }
+            }
+        }
+    };
+}
+element!(f32, 4);
+element!(f16, 2);
+element!(bf16, 2);
 
 mod sealed {
     pub trait Sealed {}
@@ -160,6 +186,20 @@ impl Arena {
     pub fn copy<T: Element>(&self, data: &[T]) -> Slab<T> {
         let mut slab = self.alloc(data.len());
         slab.copy_from_slice(data);
+        slab
+    }
+
+    /// A slab holding the elements whose little-endian bytes `parts` hold, one after the
+    /// other (each part a whole number of elements).
+    pub fn from_le<T: Element>(&self, parts: &[&[u8]]) -> Slab<T> {
+        let size = size_of::<T>();
+        let mut slab = self.alloc(parts.iter().map(|p| p.len() / size).sum());
+        let mut at = 0;
+        for part in parts {
+            let len = part.len() / size;
+            T::from_le(part, &mut slab[at..at + len]);
+            at += len;
+        }
         slab
     }
 }

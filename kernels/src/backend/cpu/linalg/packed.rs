@@ -35,8 +35,8 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::WeightRef;
 use super::arena::{Arena, Element, Slab};
+use super::{LeWeights, WeightRef};
 
 /// Weight rows per panel: the `nr` of the decode micro-kernel.
 pub const PANEL: usize = 8;
@@ -130,11 +130,35 @@ impl Packed {
             "Packed::new: this CPU's kernels do not read {layout:?}"
         );
         let data = match w {
-            WeightRef::F32(w) => PackedData::F32(pack(arena, layout, w, n, k)),
-            WeightRef::F16(w) => PackedData::F16(pack(arena, layout, w, n, k)),
-            WeightRef::BF16(w) => PackedData::BF16(pack(arena, layout, w, n, k)),
+            WeightRef::F32(w) => PackedData::F32(pack(arena, layout, n, k, typed_rows(w, k))),
+            WeightRef::F16(w) => PackedData::F16(pack(arena, layout, n, k, typed_rows(w, k))),
+            WeightRef::BF16(w) => PackedData::BF16(pack(arena, layout, n, k, typed_rows(w, k))),
         };
         Packed { data, n, k, layout }
+    }
+
+    /// [`Packed::new_in`] from the bytes a file stores (a model's weights, memory-mapped):
+    /// each row is widened from its little-endian bytes straight into the layout, so loading
+    /// makes no typed copy of the matrix first.
+    pub fn from_le_in(arena: &Arena, w: LeWeights<'_>, n: usize, k: usize) -> Option<Packed> {
+        let (parts, size) = match w {
+            LeWeights::F32(parts) => (parts, 4),
+            LeWeights::F16(parts) | LeWeights::BF16(parts) => (parts, 2),
+        };
+        let row_bytes = k * size;
+        assert!(
+            parts.iter().map(|p| p.len()).sum::<usize>() == n * row_bytes
+                && parts.iter().all(|p| p.len() % row_bytes.max(1) == 0),
+            "Packed::from_le_in: parts are not whole rows of [{n}, {k}]"
+        );
+        let layout = super::backend().pack_layout(size)?;
+        let rows = || parts.iter().flat_map(|p| p.chunks_exact(row_bytes.max(1)));
+        let data = match w {
+            LeWeights::F32(_) => PackedData::F32(pack(arena, layout, n, k, le_rows(rows()))),
+            LeWeights::F16(_) => PackedData::F16(pack(arena, layout, n, k, le_rows(rows()))),
+            LeWeights::BF16(_) => PackedData::BF16(pack(arena, layout, n, k, le_rows(rows()))),
+        };
+        Some(Packed { data, n, k, layout })
     }
 
     /// Rows (`n`) of the matrix, without padding.
@@ -336,7 +360,13 @@ pub(super) fn assert_unpack_operands(src: usize, k: usize, rows: usize, dst: usi
     );
 }
 
-fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) -> Slab<T> {
+fn pack<T: Element>(
+    arena: &Arena,
+    layout: Layout,
+    n: usize,
+    k: usize,
+    mut next_row: impl FnMut(&mut [T]),
+) -> Slab<T> {
     let len = match layout {
         Layout::Panels => n.div_ceil(PANEL) * PANEL * padded_k(k),
         Layout::Streams => PANEL * stream_stride(n, k, size_of::<T>()),
@@ -347,13 +377,27 @@ fn pack<T: Element>(arena: &Arena, layout: Layout, w: &[T], n: usize, k: usize) 
         Layout::Panels => CHUNK,
         Layout::Streams => k.max(1),
     };
-    for (j, row) in w.chunks_exact(k.max(1)).take(n).enumerate() {
+    // Each row passes through this buffer, which stays in L1 or L2, on its way to the layout.
+    let mut row = vec![T::default(); k];
+    for j in 0..if k == 0 { 0 } else { n } {
+        next_row(&mut row);
         for (c, part) in row.chunks(run).enumerate() {
             let at = index(layout, n, k, size_of::<T>(), j, c * run);
             out[at..at + part.len()].copy_from_slice(part);
         }
     }
     out
+}
+
+/// The rows of the row-major `[_, k]` matrix `w`, one per call, for [`pack`].
+fn typed_rows<T: Element>(w: &[T], k: usize) -> impl FnMut(&mut [T]) {
+    let mut rows = w.chunks_exact(k.max(1));
+    move |row| row.copy_from_slice(rows.next().expect("pack reads n rows of w"))
+}
+
+/// Rows widened from their little-endian bytes, one per call, for [`pack`].
+fn le_rows<'a, T: Element>(mut rows: impl Iterator<Item = &'a [u8]>) -> impl FnMut(&mut [T]) {
+    move |row| T::from_le(rows.next().expect("pack reads n rows of bytes"), row)
 }
 
 /// Widens the rows `rows` (starting at a panel; the last may end inside one) of `w` into f32

@@ -8,6 +8,7 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 
 use super::*;
+use packed::PackedData;
 
 fn pool(threads: usize) -> &'static rayon::ThreadPool {
     static POOLS: OnceLock<[rayon::ThreadPool; 2]> = OnceLock::new();
@@ -57,6 +58,21 @@ impl Weights {
             Weights::F32(w) => WeightRef::F32(w),
             Weights::F16(w) => WeightRef::F16(w),
             Weights::BF16(w) => WeightRef::BF16(w),
+        }
+    }
+    /// The little-endian bytes a safetensors file stores, and the dtype they are in.
+    fn le_bytes(&self) -> Vec<u8> {
+        match self {
+            Weights::F32(w) => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Weights::F16(w) => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Weights::BF16(w) => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+    fn le_view<'a>(&self, parts: &'a [&'a [u8]]) -> LeWeights<'a> {
+        match self {
+            Weights::F32(_) => LeWeights::F32(parts),
+            Weights::F16(_) => LeWeights::F16(parts),
+            Weights::BF16(_) => LeWeights::BF16(parts),
         }
     }
     fn at(&self, i: usize) -> f32 {
@@ -250,6 +266,76 @@ fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
             }
         }
     }
+}
+
+/// A model's matrices are packed straight from the file's bytes, in parts of whole rows (a
+/// fused q/k/v projection): the same bits, in the same layout, as packing typed weights; and
+/// where nothing is packed, the arena's copy holds the same elements.
+#[test]
+fn packing_file_bytes_equals_packing_typed_weights() {
+    for (n, k) in [(1, 1), (9, 17), (30, 33), (100, 80), (70, 2203)] {
+        for dtype in 0..3 {
+            let w = Weights::new(dtype, &values((n * k) as u64 + 1, n * k));
+            let bytes = w.le_bytes();
+            let row = bytes.len() / n;
+            let (a, b) = (n / 3, n - n / 4);
+            let parts = [
+                &bytes[..a * row],
+                &bytes[a * row..b * row],
+                &bytes[b * row..],
+            ];
+            let arena = Arena::with_region_bytes(0);
+            let typed = Packed::new_in(&arena, w.view(), n, k);
+            let from_file = Packed::from_le_in(&arena, w.le_view(&parts), n, k);
+            match (typed, from_file) {
+                (None, None) => {}
+                (Some(t), Some(f)) => {
+                    assert_eq!((f.rows(), f.cols(), f.layout), (n, k, t.layout));
+                    let same = match (&t.data, &f.data) {
+                        (PackedData::F32(t), PackedData::F32(f)) => same_bits(t, f, f32::to_bits),
+                        (PackedData::F16(t), PackedData::F16(f)) => same_bits(t, f, f16::to_bits),
+                        (PackedData::BF16(t), PackedData::BF16(f)) => {
+                            same_bits(t, f, bf16::to_bits)
+                        }
+                        _ => false,
+                    };
+                    assert!(same, "{n}x{k} dtype {dtype}");
+                }
+                _ => panic!("packed from one source only ({n}x{k} dtype {dtype})"),
+            }
+            let want: Vec<f32> = (0..n * k).map(|i| w.at(i)).collect();
+            let got: Vec<f32> = match w {
+                Weights::F32(_) => arena.from_le::<f32>(&parts).to_vec(),
+                Weights::F16(_) => arena
+                    .from_le::<f16>(&parts)
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+                Weights::BF16(_) => arena
+                    .from_le::<bf16>(&parts)
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+            };
+            assert!(
+                same_bits(&got, &want, f32::to_bits),
+                "{n}x{k} dtype {dtype}"
+            );
+        }
+    }
+}
+
+/// Whether `a` and `b` hold the same bit patterns.
+fn same_bits<T: Copy, B: PartialEq>(a: &[T], b: &[T], bits: impl Fn(T) -> B) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| bits(*x) == bits(*y))
+}
+
+#[test]
+#[should_panic(expected = "parts are not whole rows")]
+fn packing_file_bytes_refuses_parts_that_split_a_row() {
+    let bytes = [0u8; 2 * 6 * 4];
+    let parts = [&bytes[..20], &bytes[20..]];
+    Packed::from_le_in(&Arena::with_region_bytes(0), LeWeights::F32(&parts), 2, 6);
 }
 
 /// f32 weights are packed wherever 16-bit ones are (each dtype in the layout the CPU reads it
