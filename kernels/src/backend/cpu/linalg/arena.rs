@@ -182,13 +182,6 @@ impl Arena {
         }
     }
 
-    /// A slab holding a copy of `data`.
-    pub fn copy<T: Element>(&self, data: &[T]) -> Slab<T> {
-        let mut slab = self.alloc(data.len());
-        slab.copy_from_slice(data);
-        slab
-    }
-
     /// A slab holding the elements whose little-endian bytes `parts` hold, one after the
     /// other (each part a whole number of elements).
     pub fn from_le<T: Element>(&self, parts: &[&[u8]]) -> Slab<T> {
