@@ -223,17 +223,21 @@ fn packed_weights_equal_row_major_bitwise() {
     }
 }
 
+/// Matrix shapes `(n, k)` the packing tests run: whole and partial panels and chunks, one row
+/// and one column, and k past a 4 KiB row.
+const PACK_SHAPES: [(usize, usize); 8] = [
+    (1, 1),
+    (7, 15),
+    (8, 16),
+    (9, 17),
+    (30, 33),
+    (100, 80),
+    (530, 1030),
+    (70, 2203),
+];
+
 fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
-    for (n, k) in [
-        (1, 1),
-        (7, 15),
-        (8, 16),
-        (9, 17),
-        (30, 33),
-        (100, 80),
-        (530, 1030),
-        (70, 2203),
-    ] {
+    for (n, k) in PACK_SHAPES {
         for dtype in 0..3 {
             let w = Weights::new(dtype, &values((n * k) as u64, n * k));
             let packed = Packed::new_as(&Arena::with_region_bytes(0), w.view(), n, k, layout);
@@ -274,14 +278,7 @@ fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
 /// same elements.
 #[test]
 fn packing_file_bytes_equals_packing_typed_weights() {
-    for (n, k) in [
-        (1, 1),
-        (9, 17),
-        (30, 33),
-        (100, 80),
-        (530, 1030),
-        (70, 2203),
-    ] {
+    for (n, k) in PACK_SHAPES {
         for dtype in 0..3 {
             let w = Weights::new(dtype, &values((n * k) as u64 + 1, n * k));
             let bytes = w.le_bytes();
