@@ -183,7 +183,7 @@ impl Backend for CpuBackend {
             DType::F16 => LeWeights::F16(parts),
             DType::BF16 => LeWeights::BF16(parts),
         };
-        let weights = match linalg::Packed::from_le_in(self.pool(), arena, le, n, k) {
+        let weights = match linalg::Packed::from_le_in(arena, le, n, k) {
             Some(p) => CpuWeights::Packed(p),
             None => match host.dtype {
                 DType::F32 => CpuWeights::F32(arena.from_le(parts)),

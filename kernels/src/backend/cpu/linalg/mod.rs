@@ -77,6 +77,16 @@ pub enum LeWeights<'a> {
     BF16(&'a [&'a [u8]]),
 }
 
+impl<'a> LeWeights<'a> {
+    /// The parts, and the bytes of one element.
+    fn parts(self) -> (&'a [&'a [u8]], usize) {
+        match self {
+            LeWeights::F32(parts) => (parts, 4),
+            LeWeights::F16(parts) | LeWeights::BF16(parts) => (parts, 2),
+        }
+    }
+}
+
 impl<'a> WeightRef<'a> {
     /// Number of elements.
     pub fn len(&self) -> usize {

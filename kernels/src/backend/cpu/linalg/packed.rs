@@ -130,33 +130,18 @@ impl Packed {
             "Packed::new: this CPU's kernels do not read {layout:?}"
         );
         let data = match w {
-            WeightRef::F32(w) => {
-                PackedData::F32(pack(None, arena, layout, n, k, &typed_rows(w, k)))
-            }
-            WeightRef::F16(w) => {
-                PackedData::F16(pack(None, arena, layout, n, k, &typed_rows(w, k)))
-            }
-            WeightRef::BF16(w) => {
-                PackedData::BF16(pack(None, arena, layout, n, k, &typed_rows(w, k)))
-            }
+            WeightRef::F32(w) => PackedData::F32(pack(arena, layout, n, k, typed_rows(w, k))),
+            WeightRef::F16(w) => PackedData::F16(pack(arena, layout, n, k, typed_rows(w, k))),
+            WeightRef::BF16(w) => PackedData::BF16(pack(arena, layout, n, k, typed_rows(w, k))),
         };
         Packed { data, n, k, layout }
     }
 
-    /// [`Packed::new_in`] from the bytes a file stores (a model's weights, memory-mapped), on
-    /// the threads of `pool`: each row is widened from its little-endian bytes straight into
-    /// the layout, so loading makes no typed copy of the matrix first.
-    pub fn from_le_in(
-        pool: &rayon::ThreadPool,
-        arena: &Arena,
-        w: LeWeights<'_>,
-        n: usize,
-        k: usize,
-    ) -> Option<Packed> {
-        let (parts, size) = match w {
-            LeWeights::F32(parts) => (parts, 4),
-            LeWeights::F16(parts) | LeWeights::BF16(parts) => (parts, 2),
-        };
+    /// [`Packed::new_in`] from the bytes a file stores (a model's weights, memory-mapped):
+    /// each row is widened from its little-endian bytes straight into the layout, so loading
+    /// makes no typed copy of the matrix first.
+    pub fn from_le_in(arena: &Arena, w: LeWeights<'_>, n: usize, k: usize) -> Option<Packed> {
+        let (parts, size) = w.parts();
         let row_bytes = k * size;
         assert!(
             parts.iter().map(|p| p.len()).sum::<usize>() == n * row_bytes
@@ -164,12 +149,12 @@ impl Packed {
             "Packed::from_le_in: parts are not whole rows of [{n}, {k}]"
         );
         let layout = super::backend().pack_layout(size)?;
-        Some(Packed::from_le_as(pool, arena, w, n, k, layout))
+        Some(Packed::from_le_as(arena, w, n, k, layout))
     }
 
-    /// [`Packed::from_le_in`] in `layout`, which this CPU's kernels must read.
+    /// [`Packed::from_le_in`] in `layout`, which this CPU's kernels must read (`parts` whole
+    /// rows, as `from_le_in` checks).
     pub(super) fn from_le_as(
-        pool: &rayon::ThreadPool,
         arena: &Arena,
         w: LeWeights<'_>,
         n: usize,
@@ -180,20 +165,12 @@ impl Packed {
             super::backend().pack_layouts().contains(&layout),
             "Packed::from_le_as: this CPU's kernels do not read {layout:?}"
         );
-        let parts = match w {
-            LeWeights::F32(parts) | LeWeights::F16(parts) | LeWeights::BF16(parts) => parts,
-        };
-        let pool = Some(pool);
+        let (parts, size) = w.parts();
+        let rows = || parts.iter().flat_map(|p| p.chunks_exact((k * size).max(1)));
         let data = match w {
-            LeWeights::F32(_) => {
-                PackedData::F32(pack(pool, arena, layout, n, k, &le_rows(parts, k)))
-            }
-            LeWeights::F16(_) => {
-                PackedData::F16(pack(pool, arena, layout, n, k, &le_rows(parts, k)))
-            }
-            LeWeights::BF16(_) => {
-                PackedData::BF16(pack(pool, arena, layout, n, k, &le_rows(parts, k)))
-            }
+            LeWeights::F32(_) => PackedData::F32(pack(arena, layout, n, k, le_rows(rows()))),
+            LeWeights::F16(_) => PackedData::F16(pack(arena, layout, n, k, le_rows(rows()))),
+            LeWeights::BF16(_) => PackedData::BF16(pack(arena, layout, n, k, le_rows(rows()))),
         };
         Packed { data, n, k, layout }
     }
@@ -397,81 +374,44 @@ pub(super) fn assert_unpack_operands(src: usize, k: usize, rows: usize, dst: usi
     );
 }
 
-/// Packs the `[n, k]` matrix whose row `j` `row(j, buffer)` writes into `buffer`, on the
-/// threads of `pool` where there is one: each thread packs whole panels (or streams), which
-/// are disjoint parts of the result.
 fn pack<T: Element>(
-    pool: Option<&rayon::ThreadPool>,
     arena: &Arena,
     layout: Layout,
     n: usize,
     k: usize,
-    row: &(dyn Fn(usize, &mut [T]) + Sync),
+    mut next_row: impl FnMut(&mut [T]),
 ) -> Slab<T> {
-    let size = size_of::<T>();
-    // The parts of the result that hold whole rows: panels of PANEL consecutive rows, or the
-    // PANEL streams, stream r holding rows r, r + PANEL, ...
-    let (units, width) = match layout {
-        Layout::Panels => (n.div_ceil(PANEL), PANEL * padded_k(k)),
-        Layout::Streams => (PANEL, stream_stride(n, k, size)),
+    let len = match layout {
+        Layout::Panels => n.div_ceil(PANEL) * PANEL * padded_k(k),
+        Layout::Streams => PANEL * stream_stride(n, k, size_of::<T>()),
     };
-    let mut out = arena.alloc(units * width);
-    if n == 0 || k == 0 {
-        return out;
-    }
+    let mut out = arena.alloc(len);
     // A run of consecutive elements of a row that stays consecutive in the layout.
     let run = match layout {
         Layout::Panels => CHUNK,
-        Layout::Streams => k,
+        Layout::Streams => k.max(1),
     };
-    let fill = |first: usize, part: &mut [T]| {
-        // Each row passes through this buffer, which stays in L1 or L2, on its way to its
-        // place.
-        let mut buffer = vec![T::default(); k];
-        for unit in first..first + part.len() / width {
-            let rows = match layout {
-                Layout::Panels => (unit * PANEL..((unit + 1) * PANEL).min(n)).step_by(1),
-                Layout::Streams => (unit..n).step_by(PANEL),
-            };
-            for j in rows {
-                row(j, &mut buffer);
-                for (c, piece) in buffer.chunks(run).enumerate() {
-                    let at = index(layout, n, k, size, j, c * run) - first * width;
-                    part[at..at + piece.len()].copy_from_slice(piece);
-                }
-            }
+    // Each row passes through this buffer, which stays in L1 or L2, on its way to the layout.
+    let mut row = vec![T::default(); k];
+    for j in 0..if k == 0 { 0 } else { n } {
+        next_row(&mut row);
+        for (c, part) in row.chunks(run).enumerate() {
+            let at = index(layout, n, k, size_of::<T>(), j, c * run);
+            out[at..at + part.len()].copy_from_slice(part);
         }
-    };
-    match pool {
-        // Claims of ~256 KiB of panels, so that threads that fault in slower pages take fewer.
-        Some(pool) => {
-            let grain = ((256 << 10) / (width * size)).max(1);
-            super::for_each_row_chunk(pool, &mut out, width, grain, &fill);
-        }
-        None => fill(0, &mut out),
     }
     out
 }
 
-/// Row `j` of the row-major `[_, k]` matrix `w`, for [`pack`].
-fn typed_rows<T: Element>(w: &[T], k: usize) -> impl Fn(usize, &mut [T]) + Sync {
-    move |j, row| row.copy_from_slice(&w[j * k..(j + 1) * k])
+/// The rows of the row-major `[_, k]` matrix `w`, one per call, for [`pack`].
+fn typed_rows<T: Element>(w: &[T], k: usize) -> impl FnMut(&mut [T]) {
+    let mut rows = w.chunks_exact(k.max(1));
+    move |row| row.copy_from_slice(rows.next().expect("pack reads n rows of w"))
 }
 
-/// Row `j` of the `[_, k]` matrix whose little-endian bytes `parts` hold (whole rows each),
-/// widened, for [`pack`].
-fn le_rows<T: Element>(parts: &[&[u8]], k: usize) -> impl Fn(usize, &mut [T]) + Sync {
-    let row_bytes = k * size_of::<T>();
-    move |mut j, row| {
-        for part in parts {
-            let rows = part.len() / row_bytes;
-            if j < rows {
-                return T::from_le(&part[j * row_bytes..(j + 1) * row_bytes], row);
-            }
-            j -= rows;
-        }
-        panic!("pack reads a row past the parts");
-    }
+/// Rows widened from their little-endian bytes, one per call, for [`pack`].
+fn le_rows<'a, T: Element>(mut rows: impl Iterator<Item = &'a [u8]>) -> impl FnMut(&mut [T]) {
+    move |row| T::from_le(rows.next().expect("pack reads n rows of bytes"), row)
 }
 
 /// Widens the rows `rows` (starting at a panel; the last may end inside one) of `w` into f32

@@ -273,8 +273,8 @@ fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
 }
 
 /// A model's matrices are packed straight from the file's bytes, in parts of whole rows (a
-/// fused q/k/v projection), on one thread or two: the same bits, in every layout this CPU
-/// reads, as packing typed weights; and where nothing is packed, the arena's copy holds the
+/// fused q/k/v projection): the same bits, in every layout this CPU reads, as packing typed
+/// weights; and where nothing is packed, the arena's copy holds the
 /// same elements.
 #[test]
 fn packing_file_bytes_equals_packing_typed_weights() {
@@ -291,25 +291,20 @@ fn packing_file_bytes_equals_packing_typed_weights() {
             ];
             let arena = Arena::with_region_bytes(0);
             assert_eq!(
-                Packed::from_le_in(pool(2), &arena, w.le_view(&parts), n, k).is_some(),
+                Packed::from_le_in(&arena, w.le_view(&parts), n, k).is_some(),
                 Packed::new_in(&arena, w.view(), n, k).is_some()
             );
             for &layout in backend().pack_layouts() {
                 let typed = Packed::new_as(&arena, w.view(), n, k, layout);
-                for threads in [1, 2] {
-                    let f =
-                        Packed::from_le_as(pool(threads), &arena, w.le_view(&parts), n, k, layout);
-                    assert_eq!((f.rows(), f.cols(), f.layout), (n, k, layout));
-                    let same = match (&typed.data, &f.data) {
-                        (PackedData::F32(t), PackedData::F32(f)) => same_bits(t, f, f32::to_bits),
-                        (PackedData::F16(t), PackedData::F16(f)) => same_bits(t, f, f16::to_bits),
-                        (PackedData::BF16(t), PackedData::BF16(f)) => {
-                            same_bits(t, f, bf16::to_bits)
-                        }
-                        _ => false,
-                    };
-                    assert!(same, "{n}x{k} dtype {dtype} {layout:?} {threads} threads");
-                }
+                let f = Packed::from_le_as(&arena, w.le_view(&parts), n, k, layout);
+                assert_eq!((f.rows(), f.cols(), f.layout), (n, k, layout));
+                let same = match (&typed.data, &f.data) {
+                    (PackedData::F32(t), PackedData::F32(f)) => same_bits(t, f, f32::to_bits),
+                    (PackedData::F16(t), PackedData::F16(f)) => same_bits(t, f, f16::to_bits),
+                    (PackedData::BF16(t), PackedData::BF16(f)) => same_bits(t, f, bf16::to_bits),
+                    _ => false,
+                };
+                assert!(same, "{n}x{k} dtype {dtype} {layout:?}");
             }
             let want: Vec<f32> = (0..n * k).map(|i| w.at(i)).collect();
             let got: Vec<f32> = match w {
@@ -343,13 +338,7 @@ fn same_bits<T: Copy, B: PartialEq>(a: &[T], b: &[T], bits: impl Fn(T) -> B) -> 
 fn packing_file_bytes_refuses_parts_that_split_a_row() {
     let bytes = [0u8; 2 * 6 * 4];
     let parts = [&bytes[..20], &bytes[20..]];
-    Packed::from_le_in(
-        pool(1),
-        &Arena::with_region_bytes(0),
-        LeWeights::F32(&parts),
-        2,
-        6,
-    );
+    Packed::from_le_in(&Arena::with_region_bytes(0), LeWeights::F32(&parts), 2, 6);
 }
 
 /// f32 weights are packed wherever 16-bit ones are (each dtype in the layout the CPU reads it
