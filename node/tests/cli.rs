@@ -339,6 +339,7 @@ fn bench_engine_reports_every_measurement() {
     let text = String::from_utf8_lossy(&out.stdout);
     for row in [
         "memory read bandwidth",
+        "weights per decode step, loaded in",
         "decode batch 1",
         "decode batch 4",
         "prefill 32 tokens",

@@ -112,6 +112,7 @@ impl Actor for GpuWorkerActor {
     ) -> Result<GpuWorkerState, ActorProcessingErr> {
         let model_config = args.model.clone();
         let threads = args.threads;
+        let loading = std::time::Instant::now();
         let core = tokio::task::spawn_blocking(
             move || -> Result<WorkerCore<CpuBackend>, ActorProcessingErr> {
                 let tokenizer = Tokenizer::from_dir(&model_config.path)?;
@@ -134,6 +135,15 @@ impl Actor for GpuWorkerActor {
         )
         .await??;
         let stats = core.stats();
+        // How long a start or a re-placement takes to serve this model: what an operator
+        // reads when a failover is slow.
+        tracing::info!(
+            worker = %args.id,
+            model = %args.model.id,
+            seconds = loading.elapsed().as_secs_f64(),
+            kv_blocks = stats.kv_blocks_total,
+            "model loaded"
+        );
         let capacity = WorkerCapacity {
             max_running: args.model.max_running,
             block_size: BLOCK_SIZE,

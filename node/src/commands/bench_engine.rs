@@ -38,7 +38,10 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
     );
     for &threads in &args.threads {
         let backend = CpuBackend::new(threads).context("thread pool")?;
+        let loading = Instant::now();
         let model = Model::load(&args.model, backend)?;
+        let load_seconds = loading.elapsed().as_secs_f64();
+        let model_bytes = model.weight_bytes();
         let step_bytes = model.decode_bytes_per_step() as f64;
         let dtype = model.weight_dtype();
         let gemm = gemm_peak(&model, args.prompt_tokens, args.repeat);
@@ -70,7 +73,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             .flat_map(|(_, runs)| runs.iter().map(|r| r.bandwidth))
             .fold(0.0f64, f64::max);
         println!(
-            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step; read patterns (GB/s, first probe): {patterns}; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s; kernels: {} |",
+            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step, loaded in {load_seconds:.2} s; read patterns (GB/s, first probe): {patterns}; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s; kernels: {} |",
             best_probe / 1e9,
             decoded
                 .iter()
@@ -81,6 +84,10 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             args.prompt_tokens,
             fma / 1e9,
             linalg::kernels_in_use()
+        );
+        results.push(
+            json!({"threads": threads, "kind": "load", "seconds": load_seconds,
+            "weight_bytes": model_bytes}),
         );
         for (batch, runs) in decoded {
             let steps = |rate: f64| rate / batch as f64;
