@@ -12,7 +12,7 @@ use half::{bf16, f16};
 
 use super::{AttentionBatch, Backend, HostMatrix, QkvLayout};
 use crate::dtype::DType;
-use linalg::{LeWeights, Slab, WeightRef};
+use linalg::{Slab, WeightRef};
 
 /// Below this many multiply-adds an op runs inline: a dispatch costs more.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
@@ -169,23 +169,13 @@ impl Backend for CpuBackend {
     fn matrix(&self, host: HostMatrix<'_>) -> CpuMatrix {
         let (n, k) = (host.rows, host.cols);
         let arena = &self.arena;
-        let parts = host.parts;
-        assert_eq!(
-            parts.iter().map(|p| p.len()).sum::<usize>(),
-            n * k * host.dtype.size(),
-            "matrix: the parts do not hold [{n}, {k}] {} elements",
-            host.dtype
-        );
+        let (dtype, parts) = (host.dtype, host.parts);
         // Packed straight from the file's bytes where the kernels read packed weights;
         // otherwise copied as they are (widened from little-endian) for the portable code.
-        let le = match host.dtype {
-            DType::F32 => LeWeights::F32(parts),
-            DType::F16 => LeWeights::F16(parts),
-            DType::BF16 => LeWeights::BF16(parts),
-        };
-        let weights = match linalg::Packed::from_le_in(arena, le, n, k) {
+        // `from_le_in` checks that the parts hold whole rows of [n, k] either way.
+        let weights = match linalg::Packed::from_le_in(arena, dtype, parts, n, k) {
             Some(p) => CpuWeights::Packed(p),
-            None => match host.dtype {
+            None => match dtype {
                 DType::F32 => CpuWeights::F32(arena.from_le(parts)),
                 DType::F16 => CpuWeights::F16(arena.from_le(parts)),
                 DType::BF16 => CpuWeights::BF16(arena.from_le(parts)),

@@ -67,26 +67,6 @@ pub enum WeightRef<'a> {
     BF16(&'a [bf16]),
 }
 
-/// A weight matrix `[n, k]` as a file stores it: the little-endian bytes of its elements in
-/// `parts` of whole rows, concatenated along rows (q, k and v of a fused projection), in its
-/// stored dtype. Packing reads it in place, with no typed copy of the whole matrix between.
-#[derive(Clone, Copy, Debug)]
-pub enum LeWeights<'a> {
-    F32(&'a [&'a [u8]]),
-    F16(&'a [&'a [u8]]),
-    BF16(&'a [&'a [u8]]),
-}
-
-impl<'a> LeWeights<'a> {
-    /// The parts, and the bytes of one element.
-    fn parts(self) -> (&'a [&'a [u8]], usize) {
-        match self {
-            LeWeights::F32(parts) => (parts, 4),
-            LeWeights::F16(parts) | LeWeights::BF16(parts) => (parts, 2),
-        }
-    }
-}
-
 impl<'a> WeightRef<'a> {
     /// Number of elements.
     pub fn len(&self) -> usize {

@@ -35,8 +35,9 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
+use super::WeightRef;
 use super::arena::{Arena, Element, Slab};
-use super::{LeWeights, WeightRef};
+use crate::dtype::DType;
 
 /// Weight rows per panel: the `nr` of the decode micro-kernel.
 pub const PANEL: usize = 8;
@@ -138,25 +139,33 @@ impl Packed {
     }
 
     /// [`Packed::new_in`] from the bytes a file stores (a model's weights, memory-mapped):
-    /// each row is widened from its little-endian bytes straight into the layout, so loading
-    /// makes no typed copy of the matrix first.
-    pub fn from_le_in(arena: &Arena, w: LeWeights<'_>, n: usize, k: usize) -> Option<Packed> {
-        let (parts, size) = w.parts();
-        let row_bytes = k * size;
+    /// the little-endian `dtype` elements of `[n, k]` in `parts` of whole rows, concatenated
+    /// along rows (q, k and v of a fused projection). Each row is widened from its bytes
+    /// straight into the layout, so loading makes no typed copy of the matrix first. Checks
+    /// that the parts hold whole rows of `[n, k]` whether it packs or not.
+    pub fn from_le_in(
+        arena: &Arena,
+        dtype: DType,
+        parts: &[&[u8]],
+        n: usize,
+        k: usize,
+    ) -> Option<Packed> {
+        let row_bytes = k * dtype.size();
         assert!(
             parts.iter().map(|p| p.len()).sum::<usize>() == n * row_bytes
                 && parts.iter().all(|p| p.len() % row_bytes.max(1) == 0),
             "Packed::from_le_in: parts are not whole rows of [{n}, {k}]"
         );
-        let layout = super::backend().pack_layout(size)?;
-        Some(Packed::from_le_as(arena, w, n, k, layout))
+        let layout = super::backend().pack_layout(dtype.size())?;
+        Some(Packed::from_le_as(arena, dtype, parts, n, k, layout))
     }
 
     /// [`Packed::from_le_in`] in `layout`, which this CPU's kernels must read (`parts` whole
     /// rows, as `from_le_in` checks).
     pub(super) fn from_le_as(
         arena: &Arena,
-        w: LeWeights<'_>,
+        dtype: DType,
+        parts: &[&[u8]],
         n: usize,
         k: usize,
         layout: Layout,
@@ -165,12 +174,15 @@ impl Packed {
             super::backend().pack_layouts().contains(&layout),
             "Packed::from_le_as: this CPU's kernels do not read {layout:?}"
         );
-        let (parts, size) = w.parts();
-        let rows = || parts.iter().flat_map(|p| p.chunks_exact((k * size).max(1)));
-        let data = match w {
-            LeWeights::F32(_) => PackedData::F32(pack(arena, layout, n, k, le_rows(rows()))),
-            LeWeights::F16(_) => PackedData::F16(pack(arena, layout, n, k, le_rows(rows()))),
-            LeWeights::BF16(_) => PackedData::BF16(pack(arena, layout, n, k, le_rows(rows()))),
+        let rows = || {
+            parts
+                .iter()
+                .flat_map(|p| p.chunks_exact((k * dtype.size()).max(1)))
+        };
+        let data = match dtype {
+            DType::F32 => PackedData::F32(pack(arena, layout, n, k, le_rows(rows()))),
+            DType::F16 => PackedData::F16(pack(arena, layout, n, k, le_rows(rows()))),
+            DType::BF16 => PackedData::BF16(pack(arena, layout, n, k, le_rows(rows()))),
         };
         Packed { data, n, k, layout }
     }
@@ -386,14 +398,17 @@ fn pack<T: Element>(
         Layout::Streams => PANEL * stream_stride(n, k, size_of::<T>()),
     };
     let mut out = arena.alloc(len);
+    if k == 0 {
+        return out;
+    }
     // A run of consecutive elements of a row that stays consecutive in the layout.
     let run = match layout {
         Layout::Panels => CHUNK,
-        Layout::Streams => k.max(1),
+        Layout::Streams => k,
     };
     // Each row passes through this buffer, which stays in L1 or L2, on its way to the layout.
     let mut row = vec![T::default(); k];
-    for j in 0..if k == 0 { 0 } else { n } {
+    for j in 0..n {
         next_row(&mut row);
         for (c, part) in row.chunks(run).enumerate() {
             let at = index(layout, n, k, size_of::<T>(), j, c * run);

@@ -8,6 +8,7 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 
 use super::*;
+use crate::dtype::DType;
 use packed::PackedData;
 
 fn pool(threads: usize) -> &'static rayon::ThreadPool {
@@ -60,7 +61,7 @@ impl Weights {
             Weights::BF16(w) => WeightRef::BF16(w),
         }
     }
-    /// The little-endian bytes a safetensors file stores, and the dtype they are in.
+    /// The little-endian bytes a safetensors file stores.
     fn le_bytes(&self) -> Vec<u8> {
         match self {
             Weights::F32(w) => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -68,11 +69,11 @@ impl Weights {
             Weights::BF16(w) => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
         }
     }
-    fn le_view<'a>(&self, parts: &'a [&'a [u8]]) -> LeWeights<'a> {
+    fn dtype(&self) -> DType {
         match self {
-            Weights::F32(_) => LeWeights::F32(parts),
-            Weights::F16(_) => LeWeights::F16(parts),
-            Weights::BF16(_) => LeWeights::BF16(parts),
+            Weights::F32(_) => DType::F32,
+            Weights::F16(_) => DType::F16,
+            Weights::BF16(_) => DType::BF16,
         }
     }
     fn at(&self, i: usize) -> f32 {
@@ -274,8 +275,7 @@ fn packed_layout_equals_row_major_bitwise(layout: packed::Layout) {
 
 /// A model's matrices are packed straight from the file's bytes, in parts of whole rows (a
 /// fused q/k/v projection): the same bits, in every layout this CPU reads, as packing typed
-/// weights; and where nothing is packed, the arena's copy holds the
-/// same elements.
+/// weights; and where nothing is packed, the arena's copy holds the same elements.
 #[test]
 fn packing_file_bytes_equals_packing_typed_weights() {
     for (n, k) in PACK_SHAPES {
@@ -291,12 +291,12 @@ fn packing_file_bytes_equals_packing_typed_weights() {
             ];
             let arena = Arena::with_region_bytes(0);
             assert_eq!(
-                Packed::from_le_in(&arena, w.le_view(&parts), n, k).is_some(),
+                Packed::from_le_in(&arena, w.dtype(), &parts, n, k).is_some(),
                 Packed::new_in(&arena, w.view(), n, k).is_some()
             );
             for &layout in backend().pack_layouts() {
                 let typed = Packed::new_as(&arena, w.view(), n, k, layout);
-                let f = Packed::from_le_as(&arena, w.le_view(&parts), n, k, layout);
+                let f = Packed::from_le_as(&arena, w.dtype(), &parts, n, k, layout);
                 assert_eq!((f.rows(), f.cols(), f.layout), (n, k, layout));
                 let same = match (&typed.data, &f.data) {
                     (PackedData::F32(t), PackedData::F32(f)) => same_bits(t, f, f32::to_bits),
@@ -338,7 +338,7 @@ fn same_bits<T: Copy, B: PartialEq>(a: &[T], b: &[T], bits: impl Fn(T) -> B) -> 
 fn packing_file_bytes_refuses_parts_that_split_a_row() {
     let bytes = [0u8; 2 * 6 * 4];
     let parts = [&bytes[..20], &bytes[20..]];
-    Packed::from_le_in(&Arena::with_region_bytes(0), LeWeights::F32(&parts), 2, 6);
+    Packed::from_le_in(&Arena::with_region_bytes(0), DType::F32, &parts, 2, 6);
 }
 
 /// f32 weights are packed wherever 16-bit ones are (each dtype in the layout the CPU reads it
