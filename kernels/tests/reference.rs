@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use helixflow_kernels::backend::cpu::CpuBackend;
-use helixflow_kernels::engine::{Engine, EngineConfig, SeqEvent, SequenceRequest};
+use helixflow_kernels::engine::{Engine, EngineConfig, KvCacheDtype, SeqEvent, SequenceRequest};
 use helixflow_kernels::model::Model;
 use helixflow_kernels::sampler::SamplingParams;
 use serde_json::Value;
@@ -145,6 +145,54 @@ fn tiny_llama_bf16_f32_compute() {
 /// The 64-token prompt's logits at every position, computed four ways.
 #[test]
 fn all_positions_four_ways() {
+    four_ways(KvCacheDtype::F32, 0.0..=1e-3);
+}
+
+/// The four ways with a 16-bit KV cache: each as far from HuggingFace's f32 logits as rounding
+/// every key and value once (when written) makes it, and all bit-identical to one another, as
+/// with the f32 cache (every way rounds the same keys and values the same way). Measured: f16
+/// within 0.0065, bf16 within 0.061 (half-ulp relative steps of 2^-11 and 2^-8); the bounds
+/// leave ~2.3x headroom above, and below they prove the cache did round.
+#[test]
+fn all_positions_four_ways_with_a_16_bit_kv_cache() {
+    four_ways(KvCacheDtype::F16, 1e-3..=0.015);
+    four_ways(KvCacheDtype::BF16, 0.015..=0.15);
+}
+
+/// A 16-bit KV cache holds twice the tokens of an f32 one in the same memory.
+#[test]
+fn a_16_bit_kv_cache_holds_twice_the_blocks() {
+    let blocks = |kv_cache_dtype| {
+        let config = EngineConfig {
+            kv_cache_bytes: 4 << 20,
+            kv_cache_dtype,
+            ..EngineConfig::default()
+        };
+        engine("tiny-llama", config).stats().kv_blocks_total
+    };
+    let f32_blocks = blocks(KvCacheDtype::F32);
+    assert!(f32_blocks > 0);
+    assert_eq!(blocks(KvCacheDtype::F16), 2 * f32_blocks);
+    assert_eq!(blocks(KvCacheDtype::BF16), 2 * f32_blocks);
+    // `auto` follows the weights: f32 here, bf16 for the bf16 fixture.
+    assert_eq!(blocks(KvCacheDtype::Auto), f32_blocks);
+    let config = EngineConfig {
+        kv_cache_bytes: 4 << 20,
+        kv_cache_dtype: KvCacheDtype::Auto,
+        ..EngineConfig::default()
+    };
+    assert_eq!(
+        engine("tiny-llama-bf16", config).stats().kv_blocks_total,
+        2 * f32_blocks
+    );
+}
+
+/// The four ways, each with logits within `distance` of HuggingFace's (max abs difference).
+fn four_ways(kv_cache_dtype: KvCacheDtype, distance: std::ops::RangeInclusive<f32>) {
+    let base = EngineConfig {
+        kv_cache_dtype,
+        ..EngineConfig::default()
+    };
     let r = reference("tiny-llama");
     let all = &r["all_positions"];
     let prompt = ids(&all["input_ids"]);
@@ -162,32 +210,35 @@ fn all_positions_four_ways() {
     let check = |label: &str, got: &[f32]| {
         let diff = max_abs_diff(got, &want);
         assert!(
-            diff <= 1e-3,
-            "{label}: all-position logits differ by {diff}"
+            distance.contains(&diff),
+            "KV cache {kv_cache_dtype}, {label}: all-position logits differ by {diff}, \
+             not in {distance:?}"
         );
     };
 
     // 1. One prefill.
-    let mut e = engine("tiny-llama", EngineConfig::default());
+    let mut e = engine("tiny-llama", base.clone());
     let one = run(&mut e, vec![request(prompt.clone())]).remove(0);
     check("one prefill", &one.prompt_logits);
 
     // 2. Token by token through the KV cache.
     let config = EngineConfig {
         max_prefill_chunk: 1,
-        ..EngineConfig::default()
+        ..base.clone()
     };
     let mut e = engine("tiny-llama", config);
-    check(
-        "token by token",
-        &run(&mut e, vec![request(prompt.clone())])[0].prompt_logits,
+    let got = run(&mut e, vec![request(prompt.clone())]).remove(0);
+    check("token by token", &got.prompt_logits);
+    assert_eq!(
+        got.prompt_logits, one.prompt_logits,
+        "KV cache {kv_cache_dtype}, token by token: not bit-identical"
     );
 
     // 3. Chunked prefill at several split points.
     for chunk in [2, 7, 16, 31, 63] {
         let config = EngineConfig {
             max_prefill_chunk: chunk,
-            ..EngineConfig::default()
+            ..base.clone()
         };
         let mut e = engine("tiny-llama", config);
         let got = run(&mut e, vec![request(prompt.clone())]).remove(0);
@@ -210,7 +261,7 @@ fn all_positions_four_ways() {
     let config = EngineConfig {
         max_batch_tokens: 96,
         max_prefill_chunk: 40,
-        ..EngineConfig::default()
+        ..base.clone()
     };
     let mut e = engine("tiny-llama", config);
     let mut batch = vec![greedy(others[0].clone(), 5), request(prompt.clone())];

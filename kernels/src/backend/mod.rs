@@ -86,8 +86,16 @@ pub trait Backend: Send + Sync + 'static {
     fn vector(&self, data: &[f32]) -> Self::Buffer;
     /// Copies a buffer back to the host.
     fn read(&self, src: &Self::Buffer, dst: &mut Vec<f32>);
-    /// Allocates one layer's KV store with `num_blocks * block_size` token slots.
-    fn kv_store(&self, num_blocks: usize, block_size: usize, layout: QkvLayout) -> Self::KvStore;
+    /// Allocates one layer's KV store with `num_blocks * block_size` token slots, holding keys
+    /// and values as `dtype` (written rounded to nearest from the f32 projections, read
+    /// widened back to f32).
+    fn kv_store(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        layout: QkvLayout,
+        dtype: DType,
+    ) -> Self::KvStore;
 
     /// `out[r] = table[tokens[r]]` (rows of width `table.cols`).
     fn embed(&self, table: &Self::Matrix, tokens: &[u32], out: &mut Self::Buffer);

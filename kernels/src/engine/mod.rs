@@ -22,6 +22,7 @@ pub use request::{FinishReason, RequestError, RequestId, RequestKind, SeqEvent, 
 use sequence::Sequence;
 
 use crate::backend::Backend;
+use crate::dtype::DType;
 use crate::kv_cache::{BlockManager, KvError};
 use crate::model::{ForwardSeq, KvStorage, Model, Workspace};
 use crate::sampler::SequenceSampler;
@@ -42,6 +43,67 @@ pub struct EngineConfig {
     pub max_prefill_chunk: usize,
     /// Sequences in the running batch at most.
     pub max_running: usize,
+    /// What the KV cache holds keys and values as.
+    pub kv_cache_dtype: KvCacheDtype,
+}
+
+/// What the KV cache stores keys and values as: f32 by default, so that attention reads exactly
+/// what the projections computed (HuggingFace's outputs in f32 compute, which the tests hold
+/// the engine to). The 16-bit choices halve the cache's memory, so the same budget holds twice
+/// the tokens, and halve the bytes attention reads per step at long contexts; each key and
+/// value is rounded once, to nearest, when written, and attention is otherwise the same
+/// computation on the rounded values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvCacheDtype {
+    #[default]
+    F32,
+    F16,
+    BF16,
+    /// The weights' dtype (vLLM's `--kv-cache-dtype auto`): f16 or bf16 for a 16-bit
+    /// checkpoint, f32 for an f32 one.
+    Auto,
+}
+
+impl KvCacheDtype {
+    /// The spellings [`KvCacheDtype::from_str`](std::str::FromStr) takes.
+    pub const NAMES: &'static str = "auto, f32, f16, bf16";
+
+    /// The element type of a cache for weights of `weights`.
+    pub fn resolve(self, weights: DType) -> DType {
+        match self {
+            KvCacheDtype::F32 => DType::F32,
+            KvCacheDtype::F16 => DType::F16,
+            KvCacheDtype::BF16 => DType::BF16,
+            KvCacheDtype::Auto => weights,
+        }
+    }
+}
+
+impl std::str::FromStr for KvCacheDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(KvCacheDtype::Auto),
+            "f32" | "float32" => Ok(KvCacheDtype::F32),
+            "f16" | "float16" | "half" => Ok(KvCacheDtype::F16),
+            "bf16" | "bfloat16" => Ok(KvCacheDtype::BF16),
+            other => Err(format!(
+                "unknown KV cache dtype {other:?} (expected one of {})",
+                KvCacheDtype::NAMES
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvCacheDtype::F32 => "f32",
+            KvCacheDtype::F16 => "f16",
+            KvCacheDtype::BF16 => "bf16",
+            KvCacheDtype::Auto => "auto",
+        })
+    }
 }
 
 impl Default for EngineConfig {
@@ -52,6 +114,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             max_prefill_chunk: 512,
             max_running: 256,
+            kv_cache_dtype: KvCacheDtype::F32,
         }
     }
 }
@@ -115,12 +178,13 @@ impl<B: Backend> Engine<B> {
                 });
             }
         }
+        let kv_dtype = config.kv_cache_dtype.resolve(model.weight_dtype());
         let blocks = BlockManager::with_memory_budget(
             config.kv_cache_bytes,
             config.block_size,
-            model.kv_bytes_per_token(),
+            model.kv_bytes_per_token(kv_dtype),
         )?;
-        let kv = model.kv_storage(blocks.num_blocks(), config.block_size);
+        let kv = model.kv_storage(blocks.num_blocks(), config.block_size, kv_dtype);
         Ok(Engine {
             model,
             kv,

@@ -310,16 +310,19 @@ impl<B: Backend> Model<B> {
         elements * self.weight_dtype.size()
     }
 
-    /// KV-store bytes per token slot (all layers, K and V, f32).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.config.num_layers * self.layout.kv_width() * std::mem::size_of::<f32>()
+    /// KV-store bytes per token slot (all layers, K and V) with keys and values held as `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: DType) -> usize {
+        2 * self.config.num_layers * self.layout.kv_width() * dtype.size()
     }
 
-    /// Allocates the KV store of every layer.
-    pub fn kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage<B> {
+    /// Allocates the KV store of every layer, keys and values held as `dtype`.
+    pub fn kv_storage(&self, num_blocks: usize, block_size: usize, dtype: DType) -> KvStorage<B> {
         KvStorage {
             layers: (0..self.config.num_layers)
-                .map(|_| self.backend.kv_store(num_blocks, block_size, self.layout))
+                .map(|_| {
+                    self.backend
+                        .kv_store(num_blocks, block_size, self.layout, dtype)
+                })
                 .collect(),
             block_size,
             num_blocks,

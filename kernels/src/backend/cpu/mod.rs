@@ -2,11 +2,14 @@
 //! and vectorised through [`linalg`].
 //!
 //! Weights stay in their storage dtype (f32, f16 or bf16) and are widened to `f32` inside the
-//! kernels, so decode reads as few bytes as the checkpoint has. Activations and the KV store are
-//! `f32`. Every reduction has one fixed order per output element, whatever the batch holds, so a
+//! kernels, so decode reads as few bytes as the checkpoint has. Activations are `f32`; the KV
+//! store holds keys and values as f32 (the default), f16 or bf16, widened to `f32` as attention
+//! reads them. Every reduction has one fixed order per output element, whatever the batch holds, so a
 //! sequence's results do not depend on what it is batched with.
 
 pub mod linalg;
+
+use std::ops::Range;
 
 use half::{bf16, f16};
 
@@ -141,14 +144,63 @@ pub struct CpuKvStore {
     block_size: usize,
     /// Token slots per head (`num_blocks * block_size`).
     slots: usize,
-    k: linalg::ZeroedPages<f32>,
-    v: linalg::ZeroedPages<f32>,
+    k: KvPages,
+    v: KvPages,
 }
 
 impl CpuKvStore {
     /// Index of `slot`'s first element of KV head `head`.
     fn at(&self, slot: usize, head: usize) -> usize {
         (head * self.slots + slot) * self.head_dim
+    }
+}
+
+/// Keys or values of one layer, in the store's dtype.
+enum KvPages {
+    F32(linalg::ZeroedPages<f32>),
+    F16(linalg::ZeroedPages<f16>),
+    BF16(linalg::ZeroedPages<bf16>),
+}
+
+impl KvPages {
+    fn new(dtype: DType, len: usize) -> KvPages {
+        match dtype {
+            DType::F32 => KvPages::F32(linalg::ZeroedPages::new(len)),
+            DType::F16 => KvPages::F16(linalg::ZeroedPages::new(len)),
+            DType::BF16 => KvPages::BF16(linalg::ZeroedPages::new(len)),
+        }
+    }
+
+    /// The elements `at..at + len`, as the attention helpers take them.
+    fn rows(&self, at: usize, len: usize) -> WeightRef<'_> {
+        match self {
+            KvPages::F32(p) => WeightRef::F32(&p[at..at + len]),
+            KvPages::F16(p) => WeightRef::F16(&p[at..at + len]),
+            KvPages::BF16(p) => WeightRef::BF16(&p[at..at + len]),
+        }
+    }
+
+    /// Stores `src` at `at`, each value rounded to the nearest element of the store's dtype.
+    fn write(&mut self, at: usize, src: &[f32]) {
+        fn round<T: linalg::Element>(dst: &mut [T], src: &[f32]) {
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(d, &s)| *d = T::from_f32(s));
+        }
+        let end = at + src.len();
+        match self {
+            KvPages::F32(p) => p[at..end].copy_from_slice(src),
+            KvPages::F16(p) => round(&mut p[at..end], src),
+            KvPages::BF16(p) => round(&mut p[at..end], src),
+        }
+    }
+
+    fn copy_within(&mut self, from: Range<usize>, to: usize) {
+        match self {
+            KvPages::F32(p) => p.copy_within(from, to),
+            KvPages::F16(p) => p.copy_within(from, to),
+            KvPages::BF16(p) => p.copy_within(from, to),
+        }
     }
 }
 
@@ -197,7 +249,13 @@ impl Backend for CpuBackend {
         dst.extend_from_slice(src);
     }
 
-    fn kv_store(&self, num_blocks: usize, block_size: usize, layout: QkvLayout) -> CpuKvStore {
+    fn kv_store(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        layout: QkvLayout,
+        dtype: DType,
+    ) -> CpuKvStore {
         let slots = num_blocks * block_size;
         let len = slots * layout.kv_width();
         CpuKvStore {
@@ -205,8 +263,8 @@ impl Backend for CpuBackend {
             kv_heads: layout.num_kv_heads,
             block_size,
             slots,
-            k: linalg::ZeroedPages::new(len),
-            v: linalg::ZeroedPages::new(len),
+            k: KvPages::new(dtype, len),
+            v: KvPages::new(dtype, len),
         }
     }
 
@@ -283,8 +341,8 @@ impl Backend for CpuBackend {
         for (row, &slot) in qkv.chunks_exact(layout.width()).zip(slots) {
             for h in 0..layout.num_kv_heads {
                 let at = store.at(slot as usize, h);
-                store.k[at..at + hd].copy_from_slice(&row[k_start + h * hd..][..hd]);
-                store.v[at..at + hd].copy_from_slice(&row[v_start + h * hd..][..hd]);
+                store.k.write(at, &row[k_start + h * hd..][..hd]);
+                store.v.write(at, &row[v_start + h * hd..][..hd]);
             }
         }
     }
@@ -350,7 +408,7 @@ impl Backend for CpuBackend {
                 // scores[i * span + t]: query head i against position first + t.
                 resize(scores, group * span);
                 for (t, n, at) in pieces() {
-                    let keys = &store.k[at..at + n * hd];
+                    let keys = store.k.rows(at, n * hd);
                     linalg::scaled_dots(q, group, hd, keys, n, scale, &mut scores[t..], span);
                 }
                 for head in scores.chunks_exact_mut(span) {
@@ -362,7 +420,7 @@ impl Backend for CpuBackend {
                 }
                 out.fill(0.0);
                 for (t, n, at) in pieces() {
-                    let values = &store.v[at..at + n * hd];
+                    let values = store.v.rows(at, n * hd);
                     linalg::weighted_rows(&scores[t..], span, group, values, n, out);
                 }
             });

@@ -41,13 +41,26 @@ pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     /// Fills `out` from the little-endian bytes of as many elements (as a safetensors file
     /// stores them); panics unless `bytes` holds exactly that many.
     fn from_le(bytes: &[u8], out: &mut [Self]);
+    /// The value as an `f32` (exact: every element type here widens without rounding).
+    fn to_f32(self) -> f32;
+    /// The nearest element to `v` (round to nearest, ties to even; exact for `f32`).
+    fn from_f32(v: f32) -> Self;
 }
 
 /// [`Element`] for a type with `from_le_bytes`: a plain loop over whole elements, which the
 /// compiler turns into vector copies on a little-endian machine.
 macro_rules! element {
-    ($t:ty, $n:literal) => {
+    ($t:ty, $n:literal, $to:expr, $from:expr) => {
         impl Element for $t {
+            #[inline]
+            fn to_f32(self) -> f32 {
+                $to(self)
+            }
+            #[inline]
+            fn from_f32(v: f32) -> $t {
+                $from(v)
+            }
+
             fn from_le(bytes: &[u8], out: &mut [$t]) {
                 let (elements, rest) = bytes.as_chunks::<$n>();
                 assert!(
@@ -64,9 +77,9 @@ macro_rules! element {
         }
     };
 }
-element!(f32, 4);
-element!(f16, 2);
-element!(bf16, 2);
+element!(f32, 4, std::convert::identity, std::convert::identity);
+element!(f16, 2, f16::to_f32, f16::from_f32);
+element!(bf16, 2, bf16::to_f32, bf16::from_f32);
 
 mod sealed {
     pub trait Sealed {}

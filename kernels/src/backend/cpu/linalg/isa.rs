@@ -181,7 +181,7 @@ impl Backend {
         x: &[f32],
         m: usize,
         k: usize,
-        w: &[f32],
+        w: WeightRef<'_>,
         n: usize,
         scale: f32,
         out: &mut [f32],
@@ -199,7 +199,7 @@ impl Backend {
             let mut j = 0;
             while j < n {
                 let nr = (n - j).min(self.nr_for(mr));
-                let keys = WeightRef::F32(&w[j * k..(j + nr) * k]);
+                let keys = w.slice(j * k..(j + nr) * k);
                 let tile = self.tile(&x[i * k..(i + mr) * k], k, mr, keys, nr);
                 for (ii, row) in tile.iter().enumerate().take(mr) {
                     for (jj, &v) in row.iter().enumerate().take(nr) {
@@ -218,7 +218,7 @@ impl Backend {
         p: &[f32],
         stride: usize,
         m: usize,
-        v: &[f32],
+        v: WeightRef<'_>,
         n: usize,
         out: &mut [f32],
     ) {
@@ -228,12 +228,19 @@ impl Backend {
             Backend::Avx512(isa) => return isa.weighted_rows(p, stride, m, v, n, out),
             Backend::Scalar(_) => {}
         }
-        // One `axpy` per row of `v` and row of `out`.
+        // One `axpy` per row of `v` (widened to f32 once) and row of `out`.
         let k = out.len() / m.max(1);
-        for (i, row) in out.chunks_exact_mut(k.max(1)).enumerate() {
-            let alphas = &p[i * stride..i * stride + n];
-            for (t, &a) in alphas.iter().enumerate() {
-                self.axpy(a, &v[t * k..(t + 1) * k], row);
+        let mut widened = vec![0.0f32; k];
+        for t in 0..n {
+            let row = match v {
+                WeightRef::F32(v) => &v[t * k..(t + 1) * k],
+                _ => {
+                    self.convert(v.slice(t * k..(t + 1) * k), &mut widened);
+                    &widened[..]
+                }
+            };
+            for (i, y) in out.chunks_exact_mut(k.max(1)).enumerate() {
+                self.axpy(p[i * stride + t], row, y);
             }
         }
     }

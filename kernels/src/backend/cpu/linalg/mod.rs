@@ -259,7 +259,9 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 
 /// `out[i·stride + j] = dot(x_i, w_j) · scale` for the `m` rows of `x` and the `n` rows of `w`
 /// (both of stride `k`), on the calling thread: the scores of attention (`m` query heads
-/// against `n` keys). Each value has the bits of [`dot`] times `scale`.
+/// against `n` keys). Each value has the bits of [`dot`] times `scale`, with `w`'s elements
+/// widened to f32 where it holds f16 or bf16 (a KV cache stored at 16 bits): the same bits as
+/// this call on the widened copy.
 ///
 /// # Panics
 /// If a slice is shorter than `m`, `n`, `k` and `stride` say.
@@ -268,7 +270,7 @@ pub fn scaled_dots(
     x: &[f32],
     m: usize,
     k: usize,
-    w: &[f32],
+    w: WeightRef<'_>,
     n: usize,
     scale: f32,
     out: &mut [f32],
@@ -286,11 +288,19 @@ pub fn scaled_dots(
 
 /// `out_i = fma(p[i·stride + t], v_t, out_i)` for each row `v_t` of `v` in order, for the `m`
 /// rows `out_i` of `out` (each `out.len() / m` long, the stride of `v`): attention's weighted
-/// sum of values for `m` query heads, with the bits of one [`axpy_rows`] per row of `out`.
+/// sum of values for `m` query heads, with the bits of one [`axpy_rows`] per row of `out`
+/// (`v`'s elements widened to f32 where it holds f16 or bf16, as in [`scaled_dots`]).
 ///
 /// # Panics
 /// If a slice is shorter than `m`, `n` and `stride` say.
-pub fn weighted_rows(p: &[f32], stride: usize, m: usize, v: &[f32], n: usize, out: &mut [f32]) {
+pub fn weighted_rows(
+    p: &[f32],
+    stride: usize,
+    m: usize,
+    v: WeightRef<'_>,
+    n: usize,
+    out: &mut [f32],
+) {
     let k = out.len() / m.max(1);
     assert!(
         out.len() == m * k

@@ -390,7 +390,7 @@ proptest! {
         // Scores land `stride` apart, the gaps untouched.
         let (scale, stride) = (0.125, n + 3);
         let mut out = vec![f32::NAN; m * stride];
-        scaled_dots(&x, m, k, &w, n, scale, &mut out, stride);
+        scaled_dots(&x, m, k, WeightRef::F32(&w), n, scale, &mut out, stride);
         for i in 0..m {
             for j in 0..stride {
                 let got = out[i * stride + j];
@@ -417,7 +417,7 @@ proptest! {
         let p = values(seed + 4, m * stride);
         let mut rows = values(seed + 5, m * k);
         let mut expected = rows.clone();
-        weighted_rows(&p, stride, m, &w, n, &mut rows);
+        weighted_rows(&p, stride, m, WeightRef::F32(&w), n, &mut rows);
         for (i, row) in expected.chunks_exact_mut(k).enumerate() {
             axpy_rows(&p[i * stride..i * stride + n], &w, row);
         }
@@ -587,47 +587,68 @@ fn silu_mul_has_the_bits_of_the_definition_on_every_isa() {
 
 /// Every instruction set computes attention's scores and weighted sums with the bits of its
 /// own `tile` (times the scale) and one `axpy` per row and element, for query groups and key
-/// counts that fill its tiles and leave tails.
+/// counts that fill its tiles and leave tails; with keys and values stored as f16 or bf16 (a
+/// 16-bit KV cache), with the bits of those on the values widened to f32.
 #[test]
 fn attention_helpers_have_the_bits_of_tile_and_axpy_on_every_isa() {
     for isa in every_isa() {
-        for (m, n, k) in [
-            (1, 1, 1),
-            (4, 16, 64),
-            (3, 9, 17),
-            (8, 5, 64),
-            (2, 13, 72),
-            (5, 3, 7),
-            (1, 19, 64),
-            (5, 17, 9),
-        ] {
-            let (x, w) = (values(7, m * k), values(8, n * k));
-            let (scale, stride) = (0.125, n + 2);
-            let mut out = vec![f32::NAN; m * stride];
-            isa.scaled_dots(&x, m, k, &w, n, scale, &mut out, stride);
-            for i in 0..m {
-                for j in 0..n {
-                    let key = WeightRef::F32(&w[j * k..(j + 1) * k]);
-                    let want = isa.tile(&x[i * k..(i + 1) * k], k, 1, key, 1)[0][0] * scale;
-                    let got = out[i * stride + j];
-                    assert_eq!(
-                        got.to_bits(),
-                        want.to_bits(),
-                        "{isa:?} {m}x{n}x{k} ({i}, {j})"
-                    );
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (m, n, k) in [
+                (1, 1, 1),
+                (4, 16, 64),
+                (3, 9, 17),
+                (8, 5, 64),
+                (2, 13, 72),
+                (5, 3, 7),
+                (1, 19, 64),
+                (5, 17, 9),
+            ] {
+                let case = format!("{isa:?} {dtype} {m}x{n}x{k}");
+                let x = values(7, m * k);
+                // The keys (and values) as stored, and widened back: what the kernels must
+                // compute on.
+                let stored = values(8, n * k);
+                let (halves, brains) = (
+                    stored.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
+                    stored
+                        .iter()
+                        .map(|&v| bf16::from_f32(v))
+                        .collect::<Vec<_>>(),
+                );
+                let (w, wide): (WeightRef<'_>, Vec<f32>) = match dtype {
+                    DType::F32 => (WeightRef::F32(&stored), stored.clone()),
+                    DType::F16 => (
+                        WeightRef::F16(&halves),
+                        halves.iter().map(|h| h.to_f32()).collect(),
+                    ),
+                    DType::BF16 => (
+                        WeightRef::BF16(&brains),
+                        brains.iter().map(|h| h.to_f32()).collect(),
+                    ),
+                };
+                let (scale, stride) = (0.125, n + 2);
+                let mut out = vec![f32::NAN; m * stride];
+                isa.scaled_dots(&x, m, k, w, n, scale, &mut out, stride);
+                for i in 0..m {
+                    for j in 0..n {
+                        let key = WeightRef::F32(&wide[j * k..(j + 1) * k]);
+                        let want = isa.tile(&x[i * k..(i + 1) * k], k, 1, key, 1)[0][0] * scale;
+                        let got = out[i * stride + j];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{case} ({i}, {j})");
+                    }
                 }
-            }
-            let p = values(9, m * stride);
-            let mut rows = values(10, m * k);
-            let mut want = rows.clone();
-            isa.weighted_rows(&p, stride, m, &w, n, &mut rows);
-            for (i, row) in want.chunks_exact_mut(k).enumerate() {
-                for t in 0..n {
-                    isa.axpy(p[i * stride + t], &w[t * k..(t + 1) * k], row);
+                let p = values(9, m * stride);
+                let mut rows = values(10, m * k);
+                let mut want = rows.clone();
+                isa.weighted_rows(&p, stride, m, w, n, &mut rows);
+                for (i, row) in want.chunks_exact_mut(k).enumerate() {
+                    for t in 0..n {
+                        isa.axpy(p[i * stride + t], &wide[t * k..(t + 1) * k], row);
+                    }
                 }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&rows), bits(&want), "{case}");
             }
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&rows), bits(&want), "{isa:?} {m}x{n}x{k}");
         }
     }
 }

@@ -191,7 +191,7 @@ impl Avx2 {
         x: &[f32],
         m: usize,
         k: usize,
-        w: &[f32],
+        w: WeightRef<'_>,
         n: usize,
         scale: f32,
         out: &mut [f32],
@@ -204,17 +204,15 @@ impl Avx2 {
             "scaled_dots: operands too short"
         );
         // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above.
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
         unsafe {
-            scaled_dots_kernel(
-                x.as_ptr(),
-                m,
-                k,
-                w.as_ptr(),
-                n,
-                scale,
-                out.as_mut_ptr(),
-                stride,
-            )
+            match w {
+                WeightRef::F32(w) => scaled_dots_kernel(xp, m, k, w.as_ptr(), n, scale, op, stride),
+                WeightRef::F16(w) => scaled_dots_kernel(xp, m, k, w.as_ptr(), n, scale, op, stride),
+                WeightRef::BF16(w) => {
+                    scaled_dots_kernel(xp, m, k, w.as_ptr(), n, scale, op, stride)
+                }
+            }
         }
     }
 
@@ -224,7 +222,7 @@ impl Avx2 {
         p: &[f32],
         stride: usize,
         m: usize,
-        v: &[f32],
+        v: WeightRef<'_>,
         n: usize,
         out: &mut [f32],
     ) {
@@ -236,7 +234,14 @@ impl Avx2 {
             "weighted_rows: operands too short"
         );
         // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above.
-        unsafe { weighted_rows_kernel(p.as_ptr(), stride, m, v.as_ptr(), n, k, out.as_mut_ptr()) }
+        let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
+        unsafe {
+            match v {
+                WeightRef::F32(v) => weighted_rows_kernel(pp, stride, m, v.as_ptr(), n, k, op),
+                WeightRef::F16(v) => weighted_rows_kernel(pp, stride, m, v.as_ptr(), n, k, op),
+                WeightRef::BF16(v) => weighted_rows_kernel(pp, stride, m, v.as_ptr(), n, k, op),
+            }
+        }
     }
 
     pub(super) fn silu_mul(self, gate: &[f32], up: &[f32], out: &mut [f32]) {

@@ -281,7 +281,7 @@ impl Avx512 {
         x: &[f32],
         m: usize,
         k: usize,
-        w: &[f32],
+        w: WeightRef<'_>,
         n: usize,
         scale: f32,
         out: &mut [f32],
@@ -294,17 +294,15 @@ impl Avx512 {
             "scaled_dots: operands too short"
         );
         // SAFETY: `self` proves AVX-512 F/BW/VL; the lengths are checked above.
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
         unsafe {
-            scaled_dots_kernel(
-                x.as_ptr(),
-                m,
-                k,
-                w.as_ptr(),
-                n,
-                scale,
-                out.as_mut_ptr(),
-                stride,
-            )
+            match w {
+                WeightRef::F32(w) => scaled_dots_kernel(xp, m, k, w.as_ptr(), n, scale, op, stride),
+                WeightRef::F16(w) => scaled_dots_kernel(xp, m, k, w.as_ptr(), n, scale, op, stride),
+                WeightRef::BF16(w) => {
+                    scaled_dots_kernel(xp, m, k, w.as_ptr(), n, scale, op, stride)
+                }
+            }
         }
     }
 
@@ -313,7 +311,7 @@ impl Avx512 {
         p: &[f32],
         stride: usize,
         m: usize,
-        v: &[f32],
+        v: WeightRef<'_>,
         n: usize,
         out: &mut [f32],
     ) {
@@ -325,7 +323,14 @@ impl Avx512 {
             "weighted_rows: operands too short"
         );
         // SAFETY: `self` proves AVX-512 F/BW/VL; the lengths are checked above.
-        unsafe { weighted_rows_kernel(p.as_ptr(), stride, m, v.as_ptr(), n, k, out.as_mut_ptr()) }
+        let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
+        unsafe {
+            match v {
+                WeightRef::F32(v) => weighted_rows_kernel(pp, stride, m, v.as_ptr(), n, k, op),
+                WeightRef::F16(v) => weighted_rows_kernel(pp, stride, m, v.as_ptr(), n, k, op),
+                WeightRef::BF16(v) => weighted_rows_kernel(pp, stride, m, v.as_ptr(), n, k, op),
+            }
+        }
     }
 
     pub(super) fn axpy_rows(self, alphas: &[f32], v: &[f32], y: &mut [f32]) {

@@ -4,7 +4,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{LANES, hsum8, kernel, span};
+use super::super::Element;
+use super::{LANES, Load8, hsum8, kernel, span};
 
 /// `out[i·stride + j] = dot(x_i, w_j)·scale`: tiles of eight accumulators (4×2, 2×4 or 1×8,
 /// one reduction each), each result stored where it belongs.
@@ -14,11 +15,11 @@ use super::{LANES, hsum8, kernel, span};
 /// `(m - 1)·stride + n` writes.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn scaled_dots_kernel(
+pub(super) unsafe fn scaled_dots_kernel<W: Load8>(
     x: *const f32,
     m: usize,
     k: usize,
-    w: *const f32,
+    w: *const W,
     n: usize,
     scale: f32,
     out: *mut f32,
@@ -34,7 +35,7 @@ pub(super) unsafe fn scaled_dots_kernel(
                     // SAFETY: rows i..i + $mr of x and j..j + $nr of w exist; the writes land
                     // at (i + ii)·stride + j + jj < (m - 1)·stride + n.
                     unsafe {
-                        let r = kernel::<f32, $mr, $nr>(x.add(i * k), w.add(j * k), k, k);
+                        let r = kernel::<W, $mr, $nr>(x.add(i * k), w.add(j * k), k, k);
                         for (ii, row) in r.iter().enumerate() {
                             for (jj, &v) in row.iter().enumerate() {
                                 *out.add((i + ii) * stride + j + jj) = v * scale;
@@ -48,7 +49,7 @@ pub(super) unsafe fn scaled_dots_kernel(
                 ($mr:literal, $nr:literal) => {{
                     // SAFETY: as in `put`.
                     unsafe {
-                        dots8::<$mr, $nr>(
+                        dots8::<W, $mr, $nr>(
                             x.add(i * k),
                             w.add(j * k),
                             k,
@@ -86,9 +87,9 @@ pub(super) unsafe fn scaled_dots_kernel(
 /// `(MR - 1)·stride + NR` writes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dots8<const MR: usize, const NR: usize>(
+unsafe fn dots8<W: Load8, const MR: usize, const NR: usize>(
     x: *const f32,
-    w: *const f32,
+    w: *const W,
     k: usize,
     scale: f32,
     out: *mut f32,
@@ -135,11 +136,11 @@ unsafe fn dots8<const MR: usize, const NR: usize>(
 /// AVX2/FMA/F16C present; `p` is valid for `(m - 1)·stride + n` reads, `v` holds `n` rows and
 /// `out` `m` rows of `k`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn weighted_rows_kernel(
+pub(super) unsafe fn weighted_rows_kernel<W: Load8 + Element>(
     p: *const f32,
     stride: usize,
     m: usize,
-    v: *const f32,
+    v: *const W,
     n: usize,
     k: usize,
     out: *mut f32,
@@ -157,14 +158,14 @@ pub(super) unsafe fn weighted_rows_kernel(
             // out: all inside the operands.
             unsafe {
                 match (mr, chunks) {
-                    (4, 2) => weighted_tile::<4, 2>(pi, stride, v, n, k, oi, off),
-                    (4, _) => weighted_tile::<4, 1>(pi, stride, v, n, k, oi, off),
-                    (3, 2) => weighted_tile::<3, 2>(pi, stride, v, n, k, oi, off),
-                    (3, _) => weighted_tile::<3, 1>(pi, stride, v, n, k, oi, off),
-                    (2, 2) => weighted_tile::<2, 2>(pi, stride, v, n, k, oi, off),
-                    (2, _) => weighted_tile::<2, 1>(pi, stride, v, n, k, oi, off),
-                    (_, 2) => weighted_tile::<1, 2>(pi, stride, v, n, k, oi, off),
-                    _ => weighted_tile::<1, 1>(pi, stride, v, n, k, oi, off),
+                    (4, 2) => weighted_tile::<W, 4, 2>(pi, stride, v, n, k, oi, off),
+                    (4, _) => weighted_tile::<W, 4, 1>(pi, stride, v, n, k, oi, off),
+                    (3, 2) => weighted_tile::<W, 3, 2>(pi, stride, v, n, k, oi, off),
+                    (3, _) => weighted_tile::<W, 3, 1>(pi, stride, v, n, k, oi, off),
+                    (2, 2) => weighted_tile::<W, 2, 2>(pi, stride, v, n, k, oi, off),
+                    (2, _) => weighted_tile::<W, 2, 1>(pi, stride, v, n, k, oi, off),
+                    (_, 2) => weighted_tile::<W, 1, 2>(pi, stride, v, n, k, oi, off),
+                    _ => weighted_tile::<W, 1, 1>(pi, stride, v, n, k, oi, off),
                 }
             }
             c += chunks;
@@ -175,7 +176,7 @@ pub(super) unsafe fn weighted_rows_kernel(
                 unsafe {
                     let y = &mut *oi.add(ii * k + l);
                     for t in 0..n {
-                        *y = (*pi.add(ii * stride + t)).mul_add(*v.add(t * k + l), *y);
+                        *y = (*pi.add(ii * stride + t)).mul_add((*v.add(t * k + l)).to_f32(), *y);
                     }
                 }
             }
@@ -191,10 +192,10 @@ pub(super) unsafe fn weighted_rows_kernel(
 /// pointers given.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_tile<const MR: usize, const C: usize>(
+unsafe fn weighted_tile<W: Load8, const MR: usize, const C: usize>(
     p: *const f32,
     stride: usize,
-    v: *const f32,
+    v: *const W,
     n: usize,
     k: usize,
     out: *mut f32,
@@ -211,7 +212,7 @@ unsafe fn weighted_tile<const MR: usize, const C: usize>(
         for t in 0..n {
             let mut vv = [_mm256_setzero_ps(); C];
             for (c, x) in vv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(v.add(t * k + off + c * LANES));
+                *x = W::load(v.add(t * k + off + c * LANES));
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let a = _mm256_broadcast_ss(&*p.add(i * stride + t));

@@ -4,7 +4,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{LANES, TilePrefetch, kernel};
+use super::super::Element;
+use super::{LANES, Load16, TilePrefetch, kernel};
 
 /// `out[i·stride + j] = dot(x_i, w_j)·scale`: tiles of two query rows × eight keys (one
 /// transposed lane sum per row), narrower ones for the last keys, each result stored where it
@@ -15,11 +16,11 @@ use super::{LANES, TilePrefetch, kernel};
 /// `(m - 1)·stride + n` writes.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn scaled_dots_kernel(
+pub(super) unsafe fn scaled_dots_kernel<W: Load16>(
     x: *const f32,
     m: usize,
     k: usize,
-    w: *const f32,
+    w: *const W,
     n: usize,
     scale: f32,
     out: *mut f32,
@@ -36,7 +37,7 @@ pub(super) unsafe fn scaled_dots_kernel(
                     // SAFETY: rows i..i + $mr of x and j..j + $nr of w exist; the writes land
                     // at (i + ii)·stride + j + jj < (m - 1)·stride + n.
                     unsafe {
-                        let r = kernel::<f32, $mr, $nr, CACHED>(x.add(i * k), w.add(j * k), k, k);
+                        let r = kernel::<W, $mr, $nr, CACHED>(x.add(i * k), w.add(j * k), k, k);
                         for (ii, row) in r.iter().enumerate() {
                             for (jj, &v) in row.iter().enumerate() {
                                 *out.add((i + ii) * stride + j + jj) = v * scale;
@@ -68,11 +69,11 @@ pub(super) unsafe fn scaled_dots_kernel(
 /// AVX-512 F/BW/VL present; `p` is valid for `(m - 1)·stride + n` reads, `v` holds `n` rows and
 /// `out` `m` rows of `k`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn weighted_rows_kernel(
+pub(super) unsafe fn weighted_rows_kernel<W: Load16 + Element>(
     p: *const f32,
     stride: usize,
     m: usize,
-    v: *const f32,
+    v: *const W,
     n: usize,
     k: usize,
     out: *mut f32,
@@ -89,10 +90,10 @@ pub(super) unsafe fn weighted_rows_kernel(
             macro_rules! tile {
                 ($mr:literal) => {
                     match chunks {
-                        4 => weighted_tile::<$mr, 4>(pi, stride, v, n, k, oi, off),
-                        3 => weighted_tile::<$mr, 3>(pi, stride, v, n, k, oi, off),
-                        2 => weighted_tile::<$mr, 2>(pi, stride, v, n, k, oi, off),
-                        _ => weighted_tile::<$mr, 1>(pi, stride, v, n, k, oi, off),
+                        4 => weighted_tile::<W, $mr, 4>(pi, stride, v, n, k, oi, off),
+                        3 => weighted_tile::<W, $mr, 3>(pi, stride, v, n, k, oi, off),
+                        2 => weighted_tile::<W, $mr, 2>(pi, stride, v, n, k, oi, off),
+                        _ => weighted_tile::<W, $mr, 1>(pi, stride, v, n, k, oi, off),
                     }
                 };
             }
@@ -114,7 +115,7 @@ pub(super) unsafe fn weighted_rows_kernel(
                 unsafe {
                     let y = &mut *oi.add(ii * k + l);
                     for t in 0..n {
-                        *y = (*pi.add(ii * stride + t)).mul_add(*v.add(t * k + l), *y);
+                        *y = (*pi.add(ii * stride + t)).mul_add((*v.add(t * k + l)).to_f32(), *y);
                     }
                 }
             }
@@ -130,10 +131,10 @@ pub(super) unsafe fn weighted_rows_kernel(
 /// pointers given.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn weighted_tile<const MR: usize, const C: usize>(
+unsafe fn weighted_tile<W: Load16, const MR: usize, const C: usize>(
     p: *const f32,
     stride: usize,
-    v: *const f32,
+    v: *const W,
     n: usize,
     k: usize,
     out: *mut f32,
@@ -150,7 +151,7 @@ unsafe fn weighted_tile<const MR: usize, const C: usize>(
         for t in 0..n {
             let mut vv = [_mm512_setzero_ps(); C];
             for (c, x) in vv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(v.add(t * k + off + c * LANES));
+                *x = W::load(v.add(t * k + off + c * LANES));
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*p.add(i * stride + t));
