@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use criterion::{Criterion, criterion_group, criterion_main};
 use helixflow_kernels::backend::cpu::CpuBackend;
 use helixflow_kernels::backend::{AttentionBatch, AttentionSeq, Backend, QkvLayout};
+use helixflow_kernels::dtype::DType;
 use helixflow_kernels::engine::{Engine, EngineConfig, SequenceRequest};
 use helixflow_kernels::kv_cache::BlockManager;
 use helixflow_kernels::model::Model;
@@ -72,7 +73,8 @@ fn kv_blocks(c: &mut Criterion) {
 }
 
 /// Attention of one layer of the `bench-engine` model (16 query heads, 4 KV heads of 64) over a
-/// 512-token context: prefill (all 512 rows, causal) and one decode row at the last position.
+/// 512-token context: prefill (all 512 rows, causal) and one decode row at the last position,
+/// with the KV cache in f32 (the default), f16 and bf16.
 fn attention(c: &mut Criterion) {
     let layout = QkvLayout {
         num_heads: 16,
@@ -81,41 +83,47 @@ fn attention(c: &mut Criterion) {
     };
     let (block_size, context) = (16, 512usize);
     let backend = CpuBackend::new(1).expect("pool");
-    let mut store = backend.kv_store(context / block_size, block_size, layout);
     let qkv = backend.vector(&helixflow_benches::values(context * layout.width(), 5));
+    let last = backend.vector(&helixflow_benches::values(layout.width(), 6));
     let slots: Vec<u32> = (0..context as u32).collect();
-    backend.write_kv(&mut store, &qkv, layout, &slots);
     let table: Vec<u32> = (0..(context / block_size) as u32).collect();
     let mut out = backend.vector(&[]);
     let mut group = c.benchmark_group("attention/1t/16x4x64");
     group.sample_size(20);
-    let prefill = [AttentionSeq {
-        rows: 0..context,
-        first_position: 0,
-        block_table: &table,
-    }];
-    let batch = AttentionBatch {
-        seqs: &prefill,
-        block_size,
-        sliding_window: None,
-        layout,
-    };
-    group.bench_function("prefill_512", |b| {
-        b.iter(|| backend.run(|| backend.attention(&qkv, &store, &batch, &mut out)))
-    });
-    let last = backend.vector(&helixflow_benches::values(layout.width(), 6));
-    let decode = [AttentionSeq {
-        rows: 0..1,
-        first_position: context - 1,
-        block_table: &table,
-    }];
-    let batch = AttentionBatch {
-        seqs: &decode,
-        ..batch
-    };
-    group.bench_function("decode_at_512", |b| {
-        b.iter(|| backend.run(|| backend.attention(&last, &store, &batch, &mut out)))
-    });
+    for (dtype, suffix) in [
+        (DType::F32, ""),
+        (DType::F16, "/kv_f16"),
+        (DType::BF16, "/kv_bf16"),
+    ] {
+        let mut store = backend.kv_store(context / block_size, block_size, layout, dtype);
+        backend.write_kv(&mut store, &qkv, layout, &slots);
+        let prefill = [AttentionSeq {
+            rows: 0..context,
+            first_position: 0,
+            block_table: &table,
+        }];
+        let batch = AttentionBatch {
+            seqs: &prefill,
+            block_size,
+            sliding_window: None,
+            layout,
+        };
+        group.bench_function(format!("prefill_512{suffix}"), |b| {
+            b.iter(|| backend.run(|| backend.attention(&qkv, &store, &batch, &mut out)))
+        });
+        let decode = [AttentionSeq {
+            rows: 0..1,
+            first_position: context - 1,
+            block_table: &table,
+        }];
+        let batch = AttentionBatch {
+            seqs: &decode,
+            ..batch
+        };
+        group.bench_function(format!("decode_at_512{suffix}"), |b| {
+            b.iter(|| backend.run(|| backend.attention(&last, &store, &batch, &mut out)))
+        });
+    }
     group.finish();
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use helixflow_kernels::config::Architecture;
 use helixflow_kernels::dtype::DType;
+use helixflow_kernels::engine::KvCacheDtype;
 
 use crate::commands;
 
@@ -82,6 +83,11 @@ pub struct RunArgs {
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// What the KV cache stores keys and values as: f32 (exact, the default), f16 or bf16 (half
+    /// the memory, so twice the tokens in the same budget; each rounded once when written), or
+    /// auto (the weights' dtype).
+    #[arg(long, default_value_t = KvCacheDtype::F32)]
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +158,11 @@ pub struct BenchEngineArgs {
     /// MiB read per bandwidth measurement pass.
     #[arg(long, default_value_t = 1024)]
     pub bandwidth_mib: usize,
+    /// What the KV cache stores keys and values as: f32 (exact, the default), f16 or bf16 (half
+    /// the memory, so twice the tokens in the same budget; each rounded once when written), or
+    /// auto (the weights' dtype).
+    #[arg(long, default_value_t = KvCacheDtype::F32)]
+    pub kv_cache_dtype: KvCacheDtype,
     /// Also print the results as JSON.
     #[arg(long)]
     pub json: bool,

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -335,5 +337,41 @@ async fn thirty_two_concurrent_streams_complete_with_exact_usage() {
     }
     for task in tasks {
         task.await.unwrap();
+    }
+}
+
+/// `kv_cache_dtype = "f16"` in a model's entry: the worker fits twice the KV blocks in the same
+/// `kv_cache_mib`, and serves the fixture's greedy text where HuggingFace's top-1 margins are
+/// wide (text_fox: every step's margin is above 0.05, the f16 cache moves logits by < 0.007).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_with_an_f16_kv_cache_holds_twice_the_blocks_and_serves() {
+    let f32_blocks = kv_blocks_total(&Node::start(&config("", ""))).await;
+    let f16 = config("", "").replace(
+        "kv_cache_mib = 16",
+        "kv_cache_mib = 16\nkv_cache_dtype = \"f16\"",
+    );
+    let node = Node::start(&f16);
+    assert_eq!(kv_blocks_total(&node).await, 2.0 * f32_blocks);
+    let fox = &reference()["prompts"][0];
+    let (status, r) = node
+        .call(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": fox["input_ids"], "max_tokens": 24, "temperature": 0, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], fox["greedy"]["text_skip_special"]);
+}
+
+/// The worker's `helixflow_kv_cache_blocks_total` once it has published it.
+async fn kv_blocks_total(node: &Node) -> f64 {
+    let name = format!("helixflow_kv_cache_blocks_total{{model=\"{MODEL}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(total) = node.metric(&name).await.filter(|&v| v > 0.0) {
+            return total;
+        }
+        assert!(Instant::now() < deadline, "no {name} after 20 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -92,6 +92,51 @@ fn run_json_reproduces_the_greedy_fixture_for_text_and_chat() {
     }
 }
 
+/// With the KV cache in f16, greedy decoding follows HuggingFace's f32 tokens wherever the
+/// reference's top-1 margin is wider than the cache's rounding can move a logit (the engine's
+/// reference tests measure f16-cache logits within 0.0065 of f32; 0.05 leaves room).
+#[test]
+fn run_with_an_f16_kv_cache_follows_the_greedy_fixture() {
+    let r = reference();
+    let model = fixture("tiny-llama");
+    let mut checked = 0;
+    for p in r["prompts"].as_array().unwrap() {
+        let Some(text) = p["text"].as_str() else {
+            continue;
+        };
+        let out = json_run(&[
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            text,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--ignore-eos",
+            "--json",
+            "--kv-cache-dtype",
+            "f16",
+        ]);
+        assert_eq!(out["prompt_token_ids"], p["input_ids"], "{}", p["id"]);
+        let got = out["generated_token_ids"].as_array().unwrap();
+        let want = p["greedy"]["new_token_ids"].as_array().unwrap();
+        let margins = p["greedy"]["step_top1_margin"].as_array().unwrap();
+        for (step, (g, w)) in got.iter().zip(want).enumerate() {
+            if margins[step].as_f64().unwrap() < 0.05 {
+                break;
+            }
+            assert_eq!(g, w, "{} step {step}", p["id"]);
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 24,
+        "only {checked} tokens had a wide enough margin"
+    );
+}
+
 #[test]
 fn run_stops_at_eos_unless_ignored() {
     // A copy of the fixture whose generation_config names the 6th greedy token of text_fox as
@@ -310,6 +355,22 @@ fn bad_input_exits_with_a_clear_message() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+
+    let out = helixflow(&[
+        "run",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--kv-cache-dtype",
+        "fp8",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"fp8\"") && err.contains("auto, f32, f16, bf16"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -330,6 +391,8 @@ fn bench_engine_reports_every_measurement() {
         "1",
         "--bandwidth-mib",
         "64",
+        "--kv-cache-dtype",
+        "bf16",
     ]);
     assert!(
         out.status.success(),
@@ -343,6 +406,7 @@ fn bench_engine_reports_every_measurement() {
         "decode batch 1",
         "decode batch 4",
         "prefill 32 tokens",
+        "KV cache bf16",
     ] {
         assert!(text.contains(row), "missing `{row}` in:\n{text}");
     }

@@ -15,10 +15,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use helixflow_kernels::backend::cpu::CpuBackend;
-use helixflow_kernels::engine::{Engine, EngineConfig};
+use helixflow_kernels::engine::{Engine, EngineConfig, KvCacheDtype};
 use helixflow_kernels::model::Model;
 use helixflow_kernels::tokenizer::Tokenizer;
-use helixflow_runtime::config::ModelConfig;
+use helixflow_runtime::config::{self, ModelConfig};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 pub use self::core::WorkerCore;
@@ -128,6 +128,12 @@ impl Actor for GpuWorkerActor {
                             .max_prefill_chunk
                             .min(model_config.max_batch_tokens),
                         max_running: model_config.max_running,
+                        kv_cache_dtype: match model_config.kv_cache_dtype {
+                            config::KvCacheDtype::F32 => KvCacheDtype::F32,
+                            config::KvCacheDtype::F16 => KvCacheDtype::F16,
+                            config::KvCacheDtype::Bf16 => KvCacheDtype::BF16,
+                            config::KvCacheDtype::Auto => KvCacheDtype::Auto,
+                        },
                     },
                 )?;
                 Ok(WorkerCore::new(engine, tokenizer))

@@ -116,6 +116,7 @@ fn model_config(entry: &CatalogEntry) -> ModelConfig {
         context_window: (entry.context_window > 0).then_some(entry.context_window),
         // A catalog entry carries no engine limits: the cluster file's defaults apply.
         kv_cache_bytes: config::DEFAULT_KV_CACHE_MIB << 20,
+        kv_cache_dtype: config::KvCacheDtype::default(),
         max_batch_tokens: config::DEFAULT_MAX_BATCH_TOKENS,
         max_prefill_chunk: config::DEFAULT_MAX_PREFILL_CHUNK,
         max_running: config::DEFAULT_MAX_RUNNING,

@@ -44,6 +44,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
         let model_bytes = model.weight_bytes();
         let step_bytes = model.decode_bytes_per_step() as f64;
         let dtype = model.weight_dtype();
+        let kv_dtype = args.kv_cache_dtype.resolve(dtype);
         let gemm = gemm_peak(&model, args.prompt_tokens, args.repeat);
         let fma = linalg::measure_fma_peak(model.backend().pool(), 100, 5);
         let mut engine = Engine::new(model, engine_config(&args))?;
@@ -73,7 +74,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
             .flat_map(|(_, runs)| runs.iter().map(|r| r.bandwidth))
             .fold(0.0f64, f64::max);
         println!(
-            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step, loaded in {load_seconds:.2} s; read patterns (GB/s, first probe): {patterns}; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s; kernels: {} |",
+            "| {threads} | memory read bandwidth | | | {:.2} GB/s (best of {} probes); {:.1} MB of {dtype} weights per decode step, loaded in {load_seconds:.2} s; read patterns (GB/s, first probe): {patterns}; matmul peak {:.1} GFLOP/s at m={}; FMA peak {:.1} GFLOP/s; kernels: {}; KV cache {kv_dtype} |",
             best_probe / 1e9,
             decoded
                 .iter()
@@ -109,7 +110,8 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
                     .join(" "),
             );
             results.push(json!({"threads": threads, "kind": "decode", "batch": batch,
-                "context": args.decode_context, "tokens_per_s": rate,
+                "context": args.decode_context, "kv_cache_dtype": kv_dtype.to_string(),
+                "tokens_per_s": rate,
                 "bandwidth_fraction": fraction, "bandwidth_fraction_vs_best_probe": against_best,
                 "bandwidth_bytes_per_s": best_probe, "step_bytes": step_bytes}));
         }
@@ -144,6 +146,7 @@ fn engine_config(args: &BenchEngineArgs) -> EngineConfig {
         max_prefill_chunk: args.prompt_tokens.max(args.decode_context),
         max_running: max_batch,
         kv_cache_bytes: 1 << 30,
+        kv_cache_dtype: args.kv_cache_dtype,
         ..EngineConfig::default()
     }
 }

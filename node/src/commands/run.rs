@@ -37,7 +37,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .stop_token_ids
             .extend(model.config().eos_token_ids.iter().copied());
     }
-    let mut engine = Engine::new(model, EngineConfig::default())?;
+    let config = EngineConfig {
+        kv_cache_dtype: args.kv_cache_dtype,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(model, config)?;
     engine.add(request)?;
 
     let started = Instant::now();

@@ -17,6 +17,8 @@
 //! id = "tiny-llama"
 //! path = "../tests/fixtures/tiny-llama"
 //! aliases = ["tiny"]
+//! kv_cache_mib = 512        # the KV cache's memory
+//! kv_cache_dtype = "f32"    # or "f16", "bf16", "auto" (the weights' dtype): 16 bits hold 2x
 //!
 //! [[keys]]
 //! name = "admin"
@@ -109,6 +111,8 @@ pub struct ModelConfig {
     /// Longest prompt + completion served; `None` = the model's own `max_position_embeddings`.
     pub context_window: Option<usize>,
     pub kv_cache_bytes: usize,
+    /// What the KV cache stores keys and values as.
+    pub kv_cache_dtype: KvCacheDtype,
     /// Tokens per engine step at most (decode rows + prefill chunks).
     pub max_batch_tokens: usize,
     /// Prompt tokens of one sequence per step at most: bounds how long a step that carries a
@@ -117,6 +121,21 @@ pub struct ModelConfig {
     pub max_running: usize,
     /// Replicas the cluster keeps of this model (each on a different node).
     pub replicas: usize,
+}
+
+/// What a model's KV cache stores keys and values as (`kv_cache_dtype`, vLLM's
+/// `--kv-cache-dtype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvCacheDtype {
+    /// Exactly what the projections computed (the default).
+    #[default]
+    F32,
+    /// Half the memory, so twice the tokens in the same `kv_cache_mib`; each key and value
+    /// rounded once, when written.
+    F16,
+    Bf16,
+    /// The weights' dtype: 16 bits for a 16-bit checkpoint.
+    Auto,
 }
 
 /// What a key may do.
@@ -414,6 +433,19 @@ impl Validator<'_> {
             return Err(self.invalid(field("context_window"), 0, "must be at least 1"));
         }
         let kv_cache_mib = positive("kv_cache_mib", raw.kv_cache_mib, DEFAULT_KV_CACHE_MIB)?;
+        let kv_cache_dtype = match raw.kv_cache_dtype.as_deref() {
+            None | Some("f32") => KvCacheDtype::F32,
+            Some("f16") => KvCacheDtype::F16,
+            Some("bf16") => KvCacheDtype::Bf16,
+            Some("auto") => KvCacheDtype::Auto,
+            Some(other) => {
+                return Err(self.invalid(
+                    field("kv_cache_dtype"),
+                    format!("{other:?}"),
+                    "expected \"f32\", \"f16\", \"bf16\" or \"auto\"",
+                ));
+            }
+        };
         Ok(ModelConfig {
             path: self.resolve(&raw.path),
             aliases: raw.aliases,
@@ -421,6 +453,7 @@ impl Validator<'_> {
             kv_cache_bytes: kv_cache_mib
                 .checked_mul(1 << 20)
                 .ok_or_else(|| self.invalid(field("kv_cache_mib"), kv_cache_mib, "too large"))?,
+            kv_cache_dtype,
             max_batch_tokens: positive(
                 "max_batch_tokens",
                 raw.max_batch_tokens,

@@ -65,6 +65,8 @@ pub struct RawModel {
     #[serde(default)]
     pub kv_cache_mib: Option<usize>,
     #[serde(default)]
+    pub kv_cache_dtype: Option<String>,
+    #[serde(default)]
     pub max_batch_tokens: Option<usize>,
     #[serde(default)]
     pub max_prefill_chunk: Option<usize>,

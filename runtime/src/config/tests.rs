@@ -42,6 +42,7 @@ fn minimal_config_gets_defaults_and_resolves_paths_against_the_file() {
     assert_eq!(config.nodes[0].data_dir, Path::new("/etc/hf/data"));
     assert_eq!(config.models[0].path, Path::new("/etc/hf/models/m"));
     assert_eq!(config.models[0].kv_cache_bytes, 512 << 20);
+    assert_eq!(config.models[0].kv_cache_dtype, KvCacheDtype::F32);
     assert_eq!(config.keys[0].role, Role::Admin);
     assert_eq!(config.keys[0].requests_per_minute, Some(5));
     assert_eq!(config.keys[0].tokens_per_minute, None);
@@ -74,6 +75,15 @@ fn errors_name_the_file_field_and_value() {
     let message =
         error_of(&minimal("").replace("requests_per_minute = 5", "requests_per_minute = 0"));
     assert!(message.contains("keys[0].requests_per_minute"), "{message}");
+
+    let message = error_of(&minimal("").replace(
+        "aliases = [\"alias\"]",
+        "aliases = [\"alias\"]\nkv_cache_dtype = \"fp8\"",
+    ));
+    assert!(
+        message.contains("models[0].kv_cache_dtype") && message.contains("fp8"),
+        "{message}"
+    );
 
     let message = error_of(&minimal("tokens_per_mnute = 3"));
     assert!(message.contains("tokens_per_mnute"), "{message}");
@@ -119,4 +129,21 @@ fn shipped_cluster_configs_are_valid() {
         }
     }
     assert!(seen >= 1, "no configs in {}", dir.display());
+}
+
+#[test]
+fn kv_cache_dtype_takes_each_spelling() {
+    for (text, want) in [
+        ("f32", KvCacheDtype::F32),
+        ("f16", KvCacheDtype::F16),
+        ("bf16", KvCacheDtype::Bf16),
+        ("auto", KvCacheDtype::Auto),
+    ] {
+        let config = minimal("").replace(
+            "aliases = [\"alias\"]",
+            &format!("aliases = [\"alias\"]\nkv_cache_dtype = \"{text}\""),
+        );
+        let config = ClusterConfig::parse(&config, Path::new("/etc/hf/c.toml")).unwrap();
+        assert_eq!(config.models[0].kv_cache_dtype, want, "{text}");
+    }
 }
