@@ -203,8 +203,9 @@ impl Avx2 {
                 && (m == 0 || n == 0 || out.len() >= (m - 1) * stride + n),
             "scaled_dots: operands too short"
         );
-        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above.
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above; each dtype's
+        // kernel reads its elements as the slice holds them.
         unsafe {
             match w {
                 WeightRef::F32(w) => scaled_dots_kernel(xp, m, k, w.as_ptr(), n, scale, op, stride),
@@ -233,8 +234,9 @@ impl Avx2 {
                 && (m == 0 || n == 0 || p.len() >= (m - 1) * stride + n),
             "weighted_rows: operands too short"
         );
-        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above.
         let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
+        // SAFETY: `self` proves AVX2/FMA/F16C; the lengths are checked above; each dtype's
+        // kernel reads its elements as the slice holds them.
         unsafe {
             match v {
                 WeightRef::F32(v) => weighted_rows_kernel(pp, stride, m, v.as_ptr(), n, k, op),
