@@ -412,11 +412,7 @@ impl Backend for CpuBackend {
                     linalg::scaled_dots(q, group, hd, keys, n, scale, &mut scores[t..], span);
                 }
                 for head in scores.chunks_exact_mut(span) {
-                    let max = head.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let sum = linalg::exp_sum(head, max);
-                    for s in head.iter_mut() {
-                        *s /= sum;
-                    }
+                    linalg::softmax(head);
                 }
                 out.fill(0.0);
                 for (t, n, at) in pieces() {

@@ -374,6 +374,19 @@ pub fn exp_sum(v: &mut [f32], max: f32) -> f32 {
     }
 }
 
+/// `v[l] = exp(v[l] - max) / Σ_j exp(v[j] - max)` with `max` the largest element: a softmax
+/// in place, its sum that of [`exp_sum`] (the canonical order), one division per element. The
+/// bits depend on nothing but `v` on a given instruction set.
+pub fn softmax(v: &mut [f32]) {
+    match backend() {
+        Backend::Scalar(isa) => isa.softmax(v),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2(isa) => isa.softmax(v),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512(isa) => isa.softmax(v),
+    }
+}
+
 /// The largest tile the micro-kernels produce: `MAX_MR` rows of `x` × `MAX_NR` rows of `w`.
 const MAX_MR: usize = 4;
 const MAX_NR: usize = 8;

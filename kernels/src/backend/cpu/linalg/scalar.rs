@@ -98,6 +98,22 @@ pub(super) fn exp_sum_lanes<const L: usize>(v: &mut [f32], max: f32) -> f32 {
     halving_sum(acc)
 }
 
+/// The largest element of `v`, NaNs skipped (as `f32::max` skips them), `-inf` for none: the
+/// value the SIMD max folds find (in any order: the maximum is exact; where `+0` and `-0` tie,
+/// either may come out, and `x - max` is then the same for every `x`).
+pub(super) fn max_of(v: &[f32]) -> f32 {
+    v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+}
+
+/// `v[l] = exp(v[l] - max) / Σ` with `max` = [`max_of`] and `Σ` = [`exp_sum_lanes`]`::<L>`:
+/// the softmax the SIMD kernels equal (a division per element, exactly rounded everywhere).
+pub(super) fn softmax_lanes<const L: usize>(v: &mut [f32]) {
+    let sum = exp_sum_lanes::<L>(v, max_of(v));
+    for x in v.iter_mut() {
+        *x /= sum;
+    }
+}
+
 /// The canonical halving tree: `acc[t] += acc[t + L/2]`, then `L/4`, …, `1`.
 pub(super) fn halving_sum<const L: usize>(mut acc: [f32; L]) -> f32 {
     let mut width = L / 2;
@@ -154,6 +170,10 @@ impl Scalar {
 
     pub(super) fn exp_sum(self, v: &mut [f32], max: f32) -> f32 {
         exp_sum_lanes::<LANES>(v, max)
+    }
+
+    pub(super) fn softmax(self, v: &mut [f32]) {
+        softmax_lanes::<LANES>(v)
     }
 
     /// `iters` rounds of one fused multiply-add on each of [`FMA_CHAINS`] accumulators.

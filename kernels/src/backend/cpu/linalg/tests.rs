@@ -714,6 +714,58 @@ fn exp_sum_has_the_bits_of_the_definition_on_every_isa() {
     }
 }
 
+/// `softmax` has the bits of the portable definition (for the ISA's lane count) on every
+/// instruction set this CPU has, with the largest score at the start, in the middle and in a
+/// tail, and with scores that tie `+0` against `-0`, are `-inf` (masked) or NaN.
+#[test]
+fn softmax_has_the_bits_of_the_definition_on_every_isa() {
+    let scores: Vec<f32> = values(12, 300).iter().map(|v| v * 30.0).collect();
+    let mut cases: Vec<Vec<f32>> = [0, 1, 7, 8, 9, 15, 16, 17, 33, 300]
+        .iter()
+        .map(|&len| scores[..len].to_vec())
+        .collect();
+    for at in [0, 150, 299] {
+        let mut v = scores.clone();
+        v[at] = 1e4;
+        cases.push(v);
+    }
+    cases.push(vec![
+        0.0, -0.0, -0.0, 0.0, -1.0, -0.0, 0.0, -2.0, -0.0, -0.0,
+    ]);
+    cases.push(vec![-0.0; 19]);
+    let mut masked = scores[..40].to_vec();
+    masked[3..29].fill(f32::NEG_INFINITY);
+    cases.push(masked);
+    let mut nan = scores[..21].to_vec();
+    nan[20] = f32::NAN;
+    cases.push(nan);
+    for isa in every_isa() {
+        for case in &cases {
+            let mut want = case.clone();
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512(_) => scalar::softmax_lanes::<16>(&mut want),
+                _ => scalar::softmax_lanes::<8>(&mut want),
+            }
+            let mut got = case.clone();
+            match isa {
+                Backend::Scalar(s) => s.softmax(&mut got),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2(s) => s.softmax(&mut got),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512(s) => s.softmax(&mut got),
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{isa:?}, {} elements", case.len());
+        }
+    }
+    // What it computes: a distribution.
+    let mut v = scores.clone();
+    softmax(&mut v);
+    let total: f32 = v.iter().sum();
+    assert!((total - 1.0).abs() < 1e-5 && v.iter().all(|&p| (0.0..=1.0).contains(&p)));
+}
+
 /// `HELIXFLOW_PACK_LAYOUT` names one of the two layouts; anything else is no override.
 #[test]
 fn layout_override_names_parse() {

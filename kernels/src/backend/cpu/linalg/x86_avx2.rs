@@ -21,7 +21,7 @@ use attention::{scaled_dots_kernel, weighted_rows_kernel};
 use panels::{default_layouts, panels_typed, unpack_typed};
 pub(super) use probe::FMA_CHAINS;
 use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
-use vector::{axpy_kernel, axpy_rows_kernel, exp_sum_kernel, silu_mul_kernel};
+use vector::{axpy_kernel, axpy_rows_kernel, exp_sum_kernel, silu_mul_kernel, softmax_kernel};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
 pub(super) const LANES: usize = 8;
@@ -258,6 +258,11 @@ impl Avx2 {
     pub(super) fn exp_sum(self, v: &mut [f32], max: f32) -> f32 {
         // SAFETY: `self` proves AVX2/FMA/F16C.
         unsafe { exp_sum_kernel(v, max) }
+    }
+
+    pub(super) fn softmax(self, v: &mut [f32]) {
+        // SAFETY: `self` proves AVX2/FMA/F16C.
+        unsafe { softmax_kernel(v) }
     }
 
     pub(super) fn fma_chains(self, iters: usize, seed: f32) -> f32 {

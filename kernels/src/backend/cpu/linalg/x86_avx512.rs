@@ -25,7 +25,7 @@ pub(super) use probe::FMA_CHAINS;
 use probe::{fma_chains_kernel, read_rows_kernel, read_sum_kernel};
 use streams::{default_layout, streams_typed};
 use sums::{hsum, hsum_panel_tile, hsum_rows};
-use vector::{axpy_kernel, axpy_rows_kernel, exp_sum_kernel, silu_mul_kernel};
+use vector::{axpy_kernel, axpy_rows_kernel, exp_sum_kernel, silu_mul_kernel, softmax_kernel};
 use widen::{convert_typed, interleave_typed, unpack_typed};
 
 /// f32 lanes per vector: the `L` of the canonical order on this instruction set.
@@ -353,6 +353,11 @@ impl Avx512 {
     pub(super) fn exp_sum(self, v: &mut [f32], max: f32) -> f32 {
         // SAFETY: `self` proves AVX-512 F/BW/VL.
         unsafe { exp_sum_kernel(v, max) }
+    }
+
+    pub(super) fn softmax(self, v: &mut [f32]) {
+        // SAFETY: `self` proves AVX-512 F/BW/VL.
+        unsafe { softmax_kernel(v) }
     }
 
     pub(super) fn fma_chains(self, iters: usize, seed: f32) -> f32 {

@@ -138,3 +138,40 @@ pub(super) unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
     }
     super::super::scalar::halving_sum(lanes)
 }
+
+/// `scalar::softmax_lanes::<8>`: the maximum folded eight lanes at a time (`maxps` returns its
+/// second operand where the first is NaN, so NaNs are skipped as `f32::max` skips them), the
+/// tail by the definition; [`exp_sum_kernel`]; then one division per element.
+///
+/// # Safety
+/// AVX2/FMA/F16C present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn softmax_kernel(v: &mut [f32]) {
+    let full = v.len() / LANES;
+    let p = v.as_mut_ptr();
+    let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in 0..full {
+        // SAFETY: c*8 + 8 ≤ len.
+        acc = _mm256_max_ps(unsafe { _mm256_loadu_ps(p.add(c * LANES)) }, acc);
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let max = lanes
+        .iter()
+        .chain(&v[full * LANES..])
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    // SAFETY: AVX2/FMA/F16C present (this function's contract).
+    let sum = unsafe { exp_sum_kernel(v, max) };
+    let (p, sums) = (v.as_mut_ptr(), _mm256_set1_ps(sum));
+    for c in 0..full {
+        // SAFETY: c*8 + 8 ≤ len.
+        unsafe {
+            let x = _mm256_loadu_ps(p.add(c * LANES));
+            _mm256_storeu_ps(p.add(c * LANES), _mm256_div_ps(x, sums));
+        }
+    }
+    for x in &mut v[full * LANES..] {
+        *x /= sum;
+    }
+}

@@ -132,3 +132,38 @@ pub(super) unsafe fn exp_sum_kernel(v: &mut [f32], max: f32) -> f32 {
     }
     hsum(acc)
 }
+
+/// `scalar::softmax_lanes::<16>`: the maximum folded sixteen lanes at a time (the tail's
+/// masked-off lanes read as `-inf`; `maxps` returns its second operand where the first is NaN,
+/// so NaNs are skipped as `f32::max` skips them), [`exp_sum_kernel`], then one division per
+/// element.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn softmax_kernel(v: &mut [f32]) {
+    let (len, p) = (v.len(), v.as_mut_ptr());
+    let none = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut acc = none;
+    let mut off = 0;
+    while off < len {
+        let mask = lanes_mask(len - off);
+        // SAFETY: the mask selects only elements inside `v`.
+        acc = _mm512_max_ps(unsafe { _mm512_mask_loadu_ps(none, mask, p.add(off)) }, acc);
+        off += LANES;
+    }
+    let max = _mm512_reduce_max_ps(acc);
+    // SAFETY: AVX-512 F/BW/VL present (this function's contract).
+    let sum = _mm512_set1_ps(unsafe { exp_sum_kernel(v, max) });
+    let p = v.as_mut_ptr();
+    let mut off = 0;
+    while off < len {
+        let mask = lanes_mask(len - off);
+        // SAFETY: the mask selects only elements inside `v`.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, p.add(off));
+            _mm512_mask_storeu_ps(p.add(off), mask, _mm512_div_ps(x, sum));
+        }
+        off += LANES;
+    }
+}
