@@ -36,6 +36,22 @@ fn json_run(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }
 
+/// `helixflow run` of 24 greedy tokens of `text`, printed as JSON.
+fn greedy_run<'a>(model: &'a str, text: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--model",
+        model,
+        "--prompt",
+        text,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+        "--json",
+    ]
+}
+
 #[test]
 fn run_json_reproduces_the_greedy_fixture_for_text_and_chat() {
     let r = reference();
@@ -104,21 +120,9 @@ fn run_with_an_f16_kv_cache_follows_the_greedy_fixture() {
         let Some(text) = p["text"].as_str() else {
             continue;
         };
-        let out = json_run(&[
-            "run",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            text,
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "24",
-            "--ignore-eos",
-            "--json",
-            "--kv-cache-dtype",
-            "f16",
-        ]);
+        let mut args = greedy_run(model.to_str().unwrap(), text);
+        args.extend(["--ignore-eos", "--kv-cache-dtype", "f16"]);
+        let out = json_run(&args);
         assert_eq!(out["prompt_token_ids"], p["input_ids"], "{}", p["id"]);
         let got = out["generated_token_ids"].as_array().unwrap();
         let want = p["greedy"]["new_token_ids"].as_array().unwrap();
@@ -163,18 +167,7 @@ fn run_stops_at_eos_unless_ignored() {
     .unwrap();
     let model = dir.path().to_str().unwrap();
     let text = p["text"].as_str().unwrap();
-    let base = [
-        "run",
-        "--model",
-        model,
-        "--prompt",
-        text,
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "24",
-        "--json",
-    ];
+    let base = greedy_run(model, text);
     let out = json_run(&base);
     let want: Vec<Value> = greedy[..=first].iter().map(|&t| Value::from(t)).collect();
     assert_eq!(out["generated_token_ids"].as_array().unwrap(), &want);
