@@ -4,8 +4,8 @@
 //! Weights stay in their storage dtype (f32, f16 or bf16) and are widened to `f32` inside the
 //! kernels, so decode reads as few bytes as the checkpoint has. Activations are `f32`; the KV
 //! store holds keys and values as f32 (the default), f16 or bf16, widened to `f32` as attention
-//! reads them. Every reduction has one fixed order per output element, whatever the batch holds, so a
-//! sequence's results do not depend on what it is batched with.
+//! reads them. Every reduction has one fixed order per output element, whatever the batch
+//! holds, so a sequence's results do not depend on what it is batched with.
 
 pub mod linalg;
 

@@ -230,11 +230,12 @@ impl Backend {
         }
         // One `axpy` per row of `v` (widened to f32 once) and row of `out`.
         let k = out.len() / m.max(1);
-        let mut widened = vec![0.0f32; k];
+        let mut widened = Vec::new();
         for t in 0..n {
             let row = match v {
                 WeightRef::F32(v) => &v[t * k..(t + 1) * k],
                 _ => {
+                    widened.resize(k, 0.0);
                     self.convert(v.slice(t * k..(t + 1) * k), &mut widened);
                     &widened[..]
                 }
