@@ -386,6 +386,7 @@ fn bench_engine_reports_every_measurement() {
         "64",
         "--kv-cache-dtype",
         "bf16",
+        "--json",
     ]);
     assert!(
         out.status.success(),
@@ -400,7 +401,20 @@ fn bench_engine_reports_every_measurement() {
         "decode batch 4",
         "prefill 32 tokens",
         "KV cache bf16",
+        "counting the KV cache's reads too",
     ] {
         assert!(text.contains(row), "missing `{row}` in:\n{text}");
+    }
+    // The KV bytes a decode step reads: tiny-llama keeps 2 layers × K and V × 2 KV heads of 16,
+    // 256 bytes per position in bf16; a timed step attends to 16 + 2 + 1.5 positions on
+    // average (a 16-token context, 4 steps), for each sequence of the batch.
+    let json: Value = serde_json::from_str(&text[text.find("\n[").expect("the JSON rows")..])
+        .expect("--json rows");
+    for row in json.as_array().unwrap() {
+        if row["kind"] == "decode" {
+            let batch = row["batch"].as_f64().unwrap();
+            assert_eq!(row["kv_bytes_per_step"], batch * 19.5 * 256.0, "{row}");
+            assert_eq!(row["kv_cache_dtype"], "bf16");
+        }
     }
 }

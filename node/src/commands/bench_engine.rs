@@ -47,6 +47,9 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
         let kv_dtype = args.kv_cache_dtype.resolve(dtype);
         let gemm = gemm_peak(&model, args.prompt_tokens, args.repeat);
         let fma = linalg::measure_fma_peak(model.backend().pool(), 100, 5);
+        // Attention reads every cached position's keys and values once per step: at long
+        // contexts these bytes join the weights'.
+        let kv_per_position = model.kv_bytes_per_token(kv_dtype) as f64;
         let mut engine = Engine::new(model, engine_config(&args))?;
         // The machine's bandwidth drifts by several percent from minute to minute (other
         // tenants), so every decode repetition is paired with the better of the probes taken
@@ -92,17 +95,27 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
         );
         for (batch, runs) in decoded {
             let steps = |rate: f64| rate / batch as f64;
-            let mut fractions: Vec<f64> = runs
-                .iter()
-                .map(|r| steps(r.rate) * step_bytes / r.bandwidth)
-                .collect();
-            fractions.sort_by(f64::total_cmp);
-            let fraction = fractions[fractions.len() / 2];
+            // A timed step's input sits at position decode_context + 1 + s (the prompt, the
+            // prefill's token, the settling step's) and attends to one more position than that.
+            let positions =
+                args.decode_context as f64 + 2.0 + (args.decode_steps as f64 - 1.0) / 2.0;
+            let kv_bytes = batch as f64 * positions * kv_per_position;
+            let median = |bytes: f64| {
+                let mut fractions: Vec<f64> = runs
+                    .iter()
+                    .map(|r| steps(r.rate) * bytes / r.bandwidth)
+                    .collect();
+                fractions.sort_by(f64::total_cmp);
+                (fractions[fractions.len() / 2], fractions)
+            };
+            let (fraction, fractions) = median(step_bytes);
+            let (with_kv, _) = median(step_bytes + kv_bytes);
             let rate = runs.iter().map(|r| r.rate).fold(0.0, f64::max);
             let against_best = steps(rate) * step_bytes / best_probe;
             println!(
-                "| {threads} | decode batch {batch} | {rate:.1} | {fraction:.3} | {:.2} GB/s effective weight reads at the best rate; {against_best:.3} of the best probe of the run; per repetition {} |",
+                "| {threads} | decode batch {batch} | {rate:.1} | {fraction:.3} | {:.2} GB/s effective weight reads at the best rate; {against_best:.3} of the best probe of the run; {with_kv:.3} counting the KV cache's reads too ({:.1} MB per step); per repetition {} |",
                 step_bytes * steps(rate) / 1e9,
+                kv_bytes / 1e6,
                 fractions
                     .iter()
                     .map(|f| format!("{f:.3}"))
@@ -113,6 +126,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<()> {
                 "context": args.decode_context, "kv_cache_dtype": kv_dtype.to_string(),
                 "tokens_per_s": rate,
                 "bandwidth_fraction": fraction, "bandwidth_fraction_vs_best_probe": against_best,
+                "bandwidth_fraction_with_kv": with_kv, "kv_bytes_per_step": kv_bytes,
                 "bandwidth_bytes_per_s": best_probe, "step_bytes": step_bytes}));
         }
         let (rate, flops) = prefill_rate(&mut engine, args.prompt_tokens, args.repeat)?;
