@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use helixflow_kernels::backend::cpu::CpuBackend;
+use helixflow_kernels::dtype::DType;
 use helixflow_kernels::engine::{Engine, EngineConfig, KvCacheDtype, SeqEvent, SequenceRequest};
 use helixflow_kernels::model::Model;
 use helixflow_kernels::sampler::SamplingParams;
@@ -145,7 +146,7 @@ fn tiny_llama_bf16_f32_compute() {
 /// The 64-token prompt's logits at every position, computed four ways.
 #[test]
 fn all_positions_four_ways() {
-    four_ways(KvCacheDtype::F32, 0.0..=1e-3);
+    four_ways(KvCacheDtype::Fixed(DType::F32), 0.0..=1e-3);
 }
 
 /// The four ways with a 16-bit KV cache: each as far from HuggingFace's f32 logits as rounding
@@ -155,8 +156,8 @@ fn all_positions_four_ways() {
 /// leave ~2.3x headroom above, and below they prove the cache did round.
 #[test]
 fn all_positions_four_ways_with_a_16_bit_kv_cache() {
-    four_ways(KvCacheDtype::F16, 1e-3..=0.015);
-    four_ways(KvCacheDtype::BF16, 0.015..=0.15);
+    four_ways(KvCacheDtype::Fixed(DType::F16), 1e-3..=0.015);
+    four_ways(KvCacheDtype::Fixed(DType::BF16), 0.015..=0.15);
 }
 
 /// A 16-bit KV cache holds twice the tokens of an f32 one in the same memory.
@@ -170,10 +171,10 @@ fn a_16_bit_kv_cache_holds_twice_the_blocks() {
         };
         engine("tiny-llama", config).stats().kv_blocks_total
     };
-    let f32_blocks = blocks(KvCacheDtype::F32);
+    let f32_blocks = blocks(KvCacheDtype::Fixed(DType::F32));
     assert!(f32_blocks > 0);
-    assert_eq!(blocks(KvCacheDtype::F16), 2 * f32_blocks);
-    assert_eq!(blocks(KvCacheDtype::BF16), 2 * f32_blocks);
+    assert_eq!(blocks(KvCacheDtype::Fixed(DType::F16)), 2 * f32_blocks);
+    assert_eq!(blocks(KvCacheDtype::Fixed(DType::BF16)), 2 * f32_blocks);
     // `auto` follows the weights: f32 here, bf16 for the bf16 fixture.
     assert_eq!(blocks(KvCacheDtype::Auto), f32_blocks);
     let config = EngineConfig {

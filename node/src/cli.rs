@@ -86,7 +86,7 @@ pub struct RunArgs {
     /// What the KV cache stores keys and values as: f32 (exact, the default), f16 or bf16 (half
     /// the memory, so twice the tokens in the same budget; each rounded once when written), or
     /// auto (the weights' dtype).
-    #[arg(long, default_value_t = KvCacheDtype::F32)]
+    #[arg(long, default_value_t = KvCacheDtype::default())]
     pub kv_cache_dtype: KvCacheDtype,
 }
 
@@ -161,7 +161,7 @@ pub struct BenchEngineArgs {
     /// What the KV cache stores keys and values as: f32 (exact, the default), f16 or bf16 (half
     /// the memory, so twice the tokens in the same budget; each rounded once when written), or
     /// auto (the weights' dtype).
-    #[arg(long, default_value_t = KvCacheDtype::F32)]
+    #[arg(long, default_value_t = KvCacheDtype::default())]
     pub kv_cache_dtype: KvCacheDtype,
     /// Also print the results as JSON.
     #[arg(long)]

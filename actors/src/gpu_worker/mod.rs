@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use helixflow_kernels::backend::cpu::CpuBackend;
+use helixflow_kernels::dtype::DType;
 use helixflow_kernels::engine::{Engine, EngineConfig, KvCacheDtype};
 use helixflow_kernels::model::Model;
 use helixflow_kernels::tokenizer::Tokenizer;
@@ -129,9 +130,9 @@ impl Actor for GpuWorkerActor {
                             .min(model_config.max_batch_tokens),
                         max_running: model_config.max_running,
                         kv_cache_dtype: match model_config.kv_cache_dtype {
-                            config::KvCacheDtype::F32 => KvCacheDtype::F32,
-                            config::KvCacheDtype::F16 => KvCacheDtype::F16,
-                            config::KvCacheDtype::Bf16 => KvCacheDtype::BF16,
+                            config::KvCacheDtype::F32 => KvCacheDtype::Fixed(DType::F32),
+                            config::KvCacheDtype::F16 => KvCacheDtype::Fixed(DType::F16),
+                            config::KvCacheDtype::Bf16 => KvCacheDtype::Fixed(DType::BF16),
                             config::KvCacheDtype::Auto => KvCacheDtype::Auto,
                         },
                     },

@@ -53,27 +53,30 @@ pub struct EngineConfig {
 /// the tokens, and halve the bytes attention reads per step at long contexts; each key and
 /// value is rounded once, to nearest, when written, and attention is otherwise the same
 /// computation on the rounded values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvCacheDtype {
-    #[default]
-    F32,
-    F16,
-    BF16,
+    /// This element type, whatever the weights'.
+    Fixed(DType),
     /// The weights' dtype (vLLM's `--kv-cache-dtype auto`): f16 or bf16 for a 16-bit
     /// checkpoint, f32 for an f32 one.
     Auto,
 }
 
+impl Default for KvCacheDtype {
+    fn default() -> Self {
+        KvCacheDtype::Fixed(DType::F32)
+    }
+}
+
 impl KvCacheDtype {
-    /// The spellings [`KvCacheDtype::from_str`](std::str::FromStr) takes.
+    /// The spellings [`KvCacheDtype::from_str`](std::str::FromStr) takes (besides the long
+    /// names [`DType::from_hf_name`] knows).
     pub const NAMES: &'static str = "auto, f32, f16, bf16";
 
     /// The element type of a cache for weights of `weights`.
     pub fn resolve(self, weights: DType) -> DType {
         match self {
-            KvCacheDtype::F32 => DType::F32,
-            KvCacheDtype::F16 => DType::F16,
-            KvCacheDtype::BF16 => DType::BF16,
+            KvCacheDtype::Fixed(dtype) => dtype,
             KvCacheDtype::Auto => weights,
         }
     }
@@ -82,27 +85,26 @@ impl KvCacheDtype {
 impl std::str::FromStr for KvCacheDtype {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(KvCacheDtype::Auto),
-            "f32" | "float32" => Ok(KvCacheDtype::F32),
-            "f16" | "float16" | "half" => Ok(KvCacheDtype::F16),
-            "bf16" | "bfloat16" => Ok(KvCacheDtype::BF16),
-            other => Err(format!(
-                "unknown KV cache dtype {other:?} (expected one of {})",
-                KvCacheDtype::NAMES
-            )),
+        if s == "auto" {
+            return Ok(KvCacheDtype::Auto);
         }
+        DType::from_hf_name(s)
+            .map(KvCacheDtype::Fixed)
+            .ok_or_else(|| {
+                format!(
+                    "unknown KV cache dtype {s:?} (expected one of {})",
+                    KvCacheDtype::NAMES
+                )
+            })
     }
 }
 
 impl std::fmt::Display for KvCacheDtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            KvCacheDtype::F32 => "f32",
-            KvCacheDtype::F16 => "f16",
-            KvCacheDtype::BF16 => "bf16",
-            KvCacheDtype::Auto => "auto",
-        })
+        match self {
+            KvCacheDtype::Fixed(dtype) => dtype.fmt(f),
+            KvCacheDtype::Auto => f.write_str("auto"),
+        }
     }
 }
 
@@ -114,7 +116,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             max_prefill_chunk: 512,
             max_running: 256,
-            kv_cache_dtype: KvCacheDtype::F32,
+            kv_cache_dtype: KvCacheDtype::default(),
         }
     }
 }

@@ -27,7 +27,7 @@ fn small_config() -> EngineConfig {
         max_batch_tokens: 48,
         max_prefill_chunk: 16,
         max_running: 8,
-        kv_cache_dtype: KvCacheDtype::F32,
+        kv_cache_dtype: KvCacheDtype::default(),
     }
 }
 
