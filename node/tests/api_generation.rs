@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -366,12 +366,9 @@ async fn a_model_with_an_f16_kv_cache_holds_twice_the_blocks_and_serves() {
 /// The worker's `helixflow_kv_cache_blocks_total` once it has published it.
 async fn kv_blocks_total(node: &Node) -> f64 {
     let name = format!("helixflow_kv_cache_blocks_total{{model=\"{MODEL}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(total) = node.metric(&name).await.filter(|&v| v > 0.0) {
-            return total;
-        }
-        assert!(Instant::now() < deadline, "no {name} after 20 s");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_until(Duration::from_secs(20), &name, || async {
+        node.metric(&name).await.is_some_and(|v| v > 0.0)
+    })
+    .await;
+    node.metric(&name).await.unwrap()
 }

@@ -36,8 +36,8 @@ fn json_run(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }
 
-/// `helixflow run` of 24 greedy tokens of `text`, printed as JSON.
-fn greedy_run<'a>(model: &'a str, text: &'a str) -> Vec<&'a str> {
+/// `helixflow run` of `max_tokens` greedy tokens of `text`, printed as JSON.
+fn greedy_run<'a>(model: &'a str, text: &'a str, max_tokens: &'a str) -> Vec<&'a str> {
     vec![
         "run",
         "--model",
@@ -47,7 +47,7 @@ fn greedy_run<'a>(model: &'a str, text: &'a str) -> Vec<&'a str> {
         "--temperature",
         "0",
         "--max-tokens",
-        "24",
+        max_tokens,
         "--json",
     ]
 }
@@ -120,7 +120,7 @@ fn run_with_an_f16_kv_cache_follows_the_greedy_fixture() {
         let Some(text) = p["text"].as_str() else {
             continue;
         };
-        let mut args = greedy_run(model.to_str().unwrap(), text);
+        let mut args = greedy_run(model.to_str().unwrap(), text, "24");
         args.extend(["--ignore-eos", "--kv-cache-dtype", "f16"]);
         let out = json_run(&args);
         assert_eq!(out["prompt_token_ids"], p["input_ids"], "{}", p["id"]);
@@ -167,25 +167,14 @@ fn run_stops_at_eos_unless_ignored() {
     .unwrap();
     let model = dir.path().to_str().unwrap();
     let text = p["text"].as_str().unwrap();
-    let base = greedy_run(model, text);
+    let base = greedy_run(model, text, "24");
     let out = json_run(&base);
     let want: Vec<Value> = greedy[..=first].iter().map(|&t| Value::from(t)).collect();
     assert_eq!(out["generated_token_ids"].as_array().unwrap(), &want);
     assert_eq!(out["finish_reason"], "stop");
     // The stop token ends the text without appearing in it.
     let before: Vec<Value> = greedy[..first].iter().map(|&t| Value::from(t)).collect();
-    let shorter = json_run(&[
-        "run",
-        "--model",
-        model,
-        "--prompt",
-        text,
-        "--temperature",
-        "0",
-        "--max-tokens",
-        &first.to_string(),
-        "--json",
-    ]);
+    let shorter = json_run(&greedy_run(model, text, &first.to_string()));
     assert_eq!(shorter["generated_token_ids"].as_array().unwrap(), &before);
     assert_eq!(out["text"], shorter["text"]);
 
